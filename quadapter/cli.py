@@ -1,0 +1,52 @@
+"""Command-line entry points: ``quadapter`` (the Hydra app) and ``quadapter-report``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+# conf/ sits beside the package in a checkout (editable install) and inside it in a wheel.
+_PKG = Path(__file__).resolve().parent
+CONFIG_DIR = str(_PKG / "conf" if (_PKG / "conf").is_dir() else _PKG.parent / "conf")
+
+log = logging.getLogger("quadapter")
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    from quadapter.runner import format_results, run
+
+    hc = HydraConfig.get()
+    group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
+    results = run(cfg, hc.runtime.output_dir, group=group)
+    print(format_results(results))
+    print(f"results: {Path(hc.runtime.output_dir) / 'results.json'}")
+    metrics = results["metrics"]
+    return metrics.get(f"test/{cfg.dataset.name}/ppl")  # the objective of Hydra sweepers
+
+
+def report(argv: list[str] | None = None) -> int:
+    from quadapter.report import collect, format_table
+
+    parser = argparse.ArgumentParser(prog="quadapter-report",
+                                     description="Tabulate the results.json of runs and sweeps.")
+    parser.add_argument("paths", nargs="+", type=Path, help="run or sweep directories")
+    parser.add_argument("--format", choices=["markdown", "csv"], default="markdown")
+    args = parser.parse_args(argv)
+    rows = collect(args.paths)
+    if not rows:
+        print(f"no results.json under {', '.join(map(str, args.paths))}", file=sys.stderr)
+        return 1
+    print(format_table(rows, args.format))
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The embedded default model: a small GPT-2 pretrained by the framework on the embedded corpora.
+
+It is a real ``GPT2LMHeadModel`` with its own byte-level BPE, so every GPT-2 code path applies to it,
+and it needs no download. It is trained once per (config, Python version) — the corpora are the
+installed standard library — cached under the cache dir, and reused by every later run. Training
+checkpoints as it goes, so an interrupted pretraining resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import pytorch_lightning as pl
+import torch
+from filelock import FileLock
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+from tokenizers import ByteLevelBPETokenizer
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from quadapter.data.datamodule import LMDataModule
+from quadapter.data.embedded import embedded_documents
+from quadapter.data.tokens import cached_encode
+from quadapter.methods.lm_module import CausalLMModule
+
+log = logging.getLogger(__name__)
+EOS = "<|endoftext|>"
+JOINER = "\n\n"  # the embedded dataset configs' joiner, so token caches are shared with evaluation
+
+
+def embedded_model_dir(spec: Mapping[str, Any], cache_dir: str | Path) -> Path:
+    """Where the model for ``spec`` lives: keyed by every pretraining knob and the Python version."""
+    blob = json.dumps({"spec": dict(spec), "python": platform.python_version()}, sort_keys=True)
+    return Path(cache_dir) / "models" / f"embedded-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def ensure_embedded_model(spec: Mapping[str, Any], cache_dir: str | Path) -> Path:
+    """The directory of the pretrained embedded model, pretraining it first if it is not cached."""
+    final = embedded_model_dir(spec, cache_dir)
+    if (final / "pretrain.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(final) + ".lock"):  # parallel sweep jobs wait for one pretraining
+        if not (final / "pretrain.json").is_file():
+            _pretrain(dict(spec), final, cache_dir)
+    return final
+
+
+def _train_tokenizer(spec: dict, out: Path) -> PreTrainedTokenizerFast:
+    if (out / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(str(out))
+    texts = []
+    for domain in spec["domains"]:
+        budget = spec["tokenizer_chars"]
+        for doc in embedded_documents(domain, "train"):
+            texts.append(doc[:budget])
+            budget -= len(texts[-1])
+            if budget <= 0:
+                break
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=spec["vocab_size"], min_frequency=2,
+                            special_tokens=[EOS], show_progress=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=EOS, eos_token=EOS,
+                                  unk_token=EOS, model_max_length=spec["block_size"])
+    tok.save_pretrained(str(out))
+    return tok
+
+
+def _pretrain(spec: dict, final: Path, cache_dir: str | Path) -> None:
+    work = final.with_name(final.name + ".partial")
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    log.info("pretraining the embedded model into %s (once; later runs reuse it)", final)
+    tok = _train_tokenizer(spec, work / "tokenizer")
+    train = [cached_encode(JOINER.join(embedded_documents(d, "train")), tok, cache_dir)
+             for d in spec["domains"]]
+    pl.seed_everything(spec["seed"], workers=True, verbose=False)
+    config = GPT2Config(vocab_size=len(tok), n_positions=spec["block_size"], n_embd=spec["n_embd"],
+                        n_layer=spec["n_layer"], n_head=spec["n_head"], bos_token_id=tok.eos_token_id,
+                        eos_token_id=tok.eos_token_id)
+    module = CausalLMModule(GPT2LMHeadModel(config), lr=spec["lr"], total_steps=spec["steps"],
+                            warmup_steps=spec["warmup_steps"], weight_decay=spec["weight_decay"])
+    data = LMDataModule(train, spec["block_size"], spec["batch_size"],
+                        num_samples=spec["steps"] * spec["batch_size"], seed=spec["seed"])
+    ckpt = ModelCheckpoint(dirpath=work / "checkpoints", save_last=True, every_n_train_steps=50)
+    trainer = pl.Trainer(max_steps=spec["steps"], accelerator="auto", devices=1, callbacks=[ckpt],
+                         logger=CSVLogger(work, name="logs"), enable_model_summary=False,
+                         gradient_clip_val=1.0, log_every_n_steps=10)
+    last = work / "checkpoints" / "last.ckpt"
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    staging = final.with_name(final.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    module.model.save_pretrained(str(staging))
+    tok.save_pretrained(str(staging))
+    loss = trainer.callback_metrics.get("train/loss")
+    meta = {"spec": spec, "python": platform.python_version(), "parameters":
+            sum(p.numel() for p in module.model.parameters()), "train_tokens":
+            spec["steps"] * spec["batch_size"] * spec["block_size"], "final_train_loss":
+            float(loss) if loss is not None else None, "seconds": round(time.time() - start, 1)}
+    (staging / "pretrain.json").write_text(json.dumps(meta, indent=2))
+    staging.rename(final)
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("embedded model ready: %s", json.dumps(meta))

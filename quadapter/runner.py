@@ -1,0 +1,125 @@
+"""One run: build the model, apply the method, score every held-out set, record everything.
+
+``run(cfg, run_dir)`` is what the ``quadapter`` command calls once per composed config; it is free
+of Hydra's global state so tests and notebooks can call it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from quadapter.data.corpora import load_text
+from quadapter.data.tokens import cached_encode
+from quadapter.evaluation import perplexity
+from quadapter.methods import RunContext, get_method
+from quadapter.methods.embedded_model import ensure_embedded_model
+from quadapter.models.loading import load_model
+from quadapter.tracking import build_loggers, close_loggers, config_hash, log_metrics, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "quadapter"
+
+
+def eval_sets(cfg: DictConfig) -> dict[str, DictConfig]:
+    """The fine-tuning set's own held-out split first, then the configured held-out sets."""
+    sets = {cfg.dataset.name: cfg.dataset}
+    for spec in (cfg.eval.get("sets") or {}).values():
+        sets.setdefault(spec.name, spec)
+    return sets
+
+
+def device_for(accelerator: str) -> torch.device:
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def run(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> dict[str, Any]:
+    """Execute one composed config; returns the dict written to ``run_dir/results.json``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(cfg.paths.cache_dir or default_cache_dir()).expanduser()
+    data_dir = cfg.paths.data_dir
+    results: dict[str, Any] = {
+        "status": "running", "error": None, "run_name": cfg.run_name, "method": cfg.method.name,
+        "model": cfg.model.name, "bits": cfg.bits.name, "dataset": cfg.dataset.name,
+        "adapter": cfg.adapter.name, "quantizer": cfg.quantizer.name, "eval": cfg.eval.name,
+        "seed": cfg.seed, "metrics": {}, "protocol": {}, "config_hash": config_hash(cfg),
+        "timings": {}, "environment": {"python": platform.python_version(), "torch": torch.__version__},
+    }
+    results_path = run_dir / "results.json"
+    write_json_atomic(results_path, results)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    tags = [f"method:{cfg.method.name}", f"bits:{cfg.bits.name}", f"model:{cfg.model.name}",
+            f"dataset:{cfg.dataset.name}", f"adapter:{cfg.adapter.name}"]
+    loggers = build_loggers(cfg.logger, run_dir, cfg.run_name, group or cfg.run_name, cfg.method.name,
+                            tags, OmegaConf.to_container(cfg, resolve=True))
+    timings = results["timings"]
+    start = time.perf_counter()
+    try:
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        device = device_for(cfg.trainer.accelerator)
+        model_path = cfg.model.name_or_path or ensure_embedded_model(
+            OmegaConf.to_container(cfg.model.pretrain, resolve=True), cache_dir)
+        model, tokenizer = load_model(str(model_path), cfg.model.tokenizer, cfg.model.dtype,
+                                      cfg.model.trust_remote_code)
+        timings["load_s"] = round(time.perf_counter() - start, 3)
+
+        t = time.perf_counter()
+        ctx = RunContext(cfg=cfg, model=model, tokenizer=tokenizer, run_dir=run_dir,
+                         cache_dir=cache_dir, loggers=loggers)
+        model = get_method(cfg.method.name)(ctx).to(device).eval()
+        results.update(ctx.summary)
+        timings["method_s"] = round(time.perf_counter() - t, 3)
+
+        t = time.perf_counter()
+        context = cfg.eval.context or model.config.n_positions
+        stride = cfg.eval.stride or context
+        for name, spec in eval_sets(cfg).items():
+            ids = cached_encode(load_text(spec, cfg.eval.split, data_dir), tokenizer, cache_dir)
+            total = len(ids)
+            if cfg.eval.max_tokens:
+                ids = ids[:cfg.eval.max_tokens]
+            ppl, scored = perplexity(model, ids, context, stride, cfg.eval.batch_size)
+            results["metrics"][f"test/{name}/ppl"] = ppl
+            results["protocol"][name] = {
+                "dataset": name, "variant": spec.variant, "split": cfg.eval.split,
+                "joiner": spec.joiner, "context": context, "stride": stride, "level": "token",
+                "tokenizer": tokenizer.name_or_path, "tokens": len(ids), "tokens_in_split": total,
+                "scored_tokens": scored}
+            log.info("test/%s/ppl = %.3f (%d tokens scored)", name, ppl, scored)
+        timings["eval_s"] = round(time.perf_counter() - t, 3)
+        log_metrics(loggers, results["metrics"], step=0)
+        results["status"] = "completed"
+    except BaseException as e:
+        results["status"] = "failed"
+        results["error"] = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        timings["total_s"] = round(time.perf_counter() - start, 3)
+        write_json_atomic(results_path, results)
+        close_loggers(loggers, results["status"])
+    return results
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """A short table of a run's test perplexities, for the terminal."""
+    lines = [f"{results['run_name']}: {results['status']}",
+             f"{'set':<14}{'ppl':>12}{'scored':>10}{'context':>9}{'stride':>8}"]
+    for name, proto in results["protocol"].items():
+        ppl = results["metrics"][f"test/{name}/ppl"]
+        lines.append(f"{name:<14}{ppl:>12.3f}{proto['scored_tokens']:>10}{proto['context']:>9}"
+                     f"{proto['stride']:>8}")
+    return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""Run identity, loggers and the results file: everything a run leaves behind for comparison.
+
+Every run writes a local CSV log and ``results.json`` (atomically) so nothing depends on a server;
+W&B is added on top, offline unless credentials are configured (``wandb sync`` uploads later).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import netrc
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+# Keys that say where or how a run is logged, not what it computes: left out of the config hash.
+_NOT_HASHED = ("paths", "logger", "run_name")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Identity of what a run computes: equal hashes mean interchangeable results."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for key in _NOT_HASHED:
+        resolved.pop(key, None)
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write-then-rename, so a crash never leaves a half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    """``auto`` is online only when the user has configured W&B, so a run never prompts for a key."""
+    if mode not in WANDB_MODES:
+        raise ValueError(f"logger.wandb.mode={mode!r} is not one of {', '.join(WANDB_MODES)}")
+    if mode != "auto":
+        return mode
+    if os.environ.get("WANDB_MODE") in ("online", "offline", "disabled"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        return "online" if netrc.netrc().authenticators("api.wandb.ai") else "offline"
+    except (OSError, netrc.NetrcParseError):
+        return "offline"
+
+
+def build_loggers(logger_cfg: Mapping[str, Any], run_dir: Path, run_name: str, group: str,
+                  job_type: str, tags: list[str], config: dict) -> list[Logger]:
+    loggers: list[Logger] = []
+    if logger_cfg.get("csv", True):
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+    wb = logger_cfg.get("wandb")
+    if wb:
+        mode = resolve_wandb_mode(wb.get("mode", "auto"))
+        if mode != "disabled":
+            os.environ.setdefault("WANDB_SILENT", "true")
+            loggers.append(WandbLogger(
+                name=run_name, project=wb["project"], entity=wb.get("entity"),
+                group=wb.get("group") or group, job_type=job_type,
+                tags=sorted(set(tags) | set(wb.get("tags") or [])), save_dir=str(run_dir),
+                offline=mode == "offline", config=config))
+    return loggers
+
+
+def log_metrics(loggers: list[Logger], metrics: Mapping[str, float], step: int) -> None:
+    for logger in loggers:
+        logger.log_metrics(dict(metrics), step=step)
+
+
+def close_loggers(loggers: list[Logger], status: str) -> None:
+    """Flush every logger and finish the W&B run, so the next run of a sweep never shares it."""
+    for logger in loggers:
+        logger.finalize("success" if status == "completed" else "failed")
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb
+
+        wandb.finish(exit_code=0 if status == "completed" else 1)

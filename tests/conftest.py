@@ -1,0 +1,56 @@
+"""Shared fixtures: an isolated cache, offline W&B, and a small embedded model pretrained once."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+SHARED_DATA = Path(os.environ.get("QUADAPTER_TEST_DATA", REPO.parent / "shared" / "data"))
+needs_shared_data = pytest.mark.skipif(
+    not (SHARED_DATA / "SOURCES.md").is_file(),
+    reason=f"offline data mirror not found at {SHARED_DATA} (set QUADAPTER_TEST_DATA)")
+
+# A pretraining spec small enough to train in seconds; same keys as conf/model/tiny.yaml.
+SMALL_SPEC = dict(domains=["prose", "code"], vocab_size=512, n_layer=2, n_embd=64, n_head=2,
+                  block_size=64, batch_size=8, steps=60, lr=3e-3, warmup_steps=10, weight_decay=0.1,
+                  seed=0, tokenizer_chars=300_000)
+SMALL_OVERRIDES = [f"model.pretrain.{k}={v}" for k, v in SMALL_SPEC.items() if k != "domains"]
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test reads and writes caches under one session temp dir, W&B strictly offline."""
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["QUADAPTER_CACHE_DIR"] = str(cache)
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ["WANDB_SILENT"] = "true"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ.pop("QUADAPTER_DATA_DIR", None)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def small_model_dir(isolated_env: Path) -> Path:
+    from quadapter.methods.embedded_model import ensure_embedded_model
+
+    return ensure_embedded_model(SMALL_SPEC, isolated_env)
+
+
+@pytest.fixture(scope="session")
+def random_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GPT2LMHeadModel with random weights and the real GPT-2 vocabulary size, saved locally."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("random-gpt2")
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=128)).save_pretrained(out)
+    return out

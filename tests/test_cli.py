@@ -1,0 +1,115 @@
+"""The `quadapter` command end to end, as a user runs it: real processes, real files."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SHARED_DATA, SMALL_OVERRIDES, needs_shared_data
+from wandb_offline import history, records
+
+QUADAPTER = [sys.executable, "-m", "quadapter.cli"]
+QUICK = [*SMALL_OVERRIDES, "eval.max_tokens=3000"]
+
+
+def quadapter(*args: str, cwd: Path, env: dict | None = None, check: bool = True):
+    proc = subprocess.run([*QUADAPTER, *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"quadapter {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def wandb_file(run_dir: Path) -> Path:
+    (f,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    return f
+
+
+def test_default_run_records_results_csv_and_wandb_offline(tmp_path, small_model_dir):
+    run_dir = tmp_path / "run"
+    out = quadapter(*QUICK, f"hydra.run.dir={run_dir}", cwd=tmp_path).stdout
+    assert "fp-fp-tiny-prose: completed" in out and "prose" in out and "code" in out
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["status"] == "completed" and res["error"] is None
+    assert (res["method"], res["model"], res["bits"], res["dataset"]) == ("fp", "tiny", "fp", "prose")
+    assert set(res["metrics"]) == {"test/prose/ppl", "test/code/ppl"}
+    assert all(1 < v < 512 for v in res["metrics"].values())  # a trained LM beats uniform over 512
+    proto = res["protocol"]["code"]
+    assert proto["context"] == 64 and proto["stride"] == 64 and proto["tokens"] == 3000
+    assert proto["scored_tokens"] == 3000 - -(-3000 // 64) and proto["split"] == "test"
+    assert proto["variant"] == "stdlib-code" and proto["joiner"] == "\n\n"
+    assert len(res["config_hash"]) == 16 and res["timings"]["total_s"] > 0
+
+    csv_lines = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
+    assert "test/prose/ppl" in csv_lines[0]
+    logged = history(wandb_file(run_dir))
+    assert logged[0]["test/prose/ppl"] == pytest.approx(res["metrics"]["test/prose/ppl"])
+    assert logged[0]["test/code/ppl"] == pytest.approx(res["metrics"]["test/code/ppl"])
+    run_rec = next(r.run for r in records(wandb_file(run_dir)) if r.WhichOneof("record_type") == "run")
+    assert run_rec.display_name == "fp-fp-tiny-prose" and "method:fp" in run_rec.tags
+    assert any(r.WhichOneof("record_type") == "exit" for r in records(wandb_file(run_dir)))
+
+
+def test_multirun_sweep_gives_one_finished_run_per_combination(tmp_path, small_model_dir):
+    sweep = tmp_path / "sweep"
+    quadapter("-m", *QUICK, "eval.stride=32,64", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    results = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
+    assert [r["protocol"]["prose"]["stride"] for r in results] == [32, 64]
+    assert all(r["status"] == "completed" for r in results)
+    assert results[0]["config_hash"] != results[1]["config_hash"]
+    # overlapping windows score every token but the first; disjoint ones skip each window's first
+    assert [r["protocol"]["code"]["scored_tokens"] for r in results] == [2999, 3000 - 47]
+    runs = [next(r.run for r in records(wandb_file(d)) if r.WhichOneof("record_type") == "run")
+            for d in sorted(p.parent for p in sweep.glob("*/results.json"))]
+    assert {r.run_group for r in runs} == {sweep.name} and runs[0].run_id != runs[1].run_id
+    report = subprocess.run([sys.executable, "-c", "from quadapter.cli import report; report()",
+                             str(sweep)], capture_output=True, text=True, check=True).stdout
+    assert report.count("| fp-fp-tiny-prose | completed |") == 2
+
+
+@needs_shared_data
+def test_real_wikitext2_with_real_gpt2_tokenizer(tmp_path, random_gpt2_dir):
+    model_dir = tmp_path / "gpt2-random"
+    shutil.copytree(random_gpt2_dir, model_dir)
+    for f in ("vocab.json", "merges.txt"):
+        shutil.copy(SHARED_DATA / "gpt2-tokenizer" / f, model_dir / f)
+    run_dir = tmp_path / "run"
+    quadapter("model=gpt2", f"model.name_or_path={model_dir}", "dataset=wikitext2", "eval=real",
+              "eval.max_tokens=1000", "eval.stride=64", "logger=csv", f"hydra.run.dir={run_dir}",
+              cwd=tmp_path, env={"QUADAPTER_DATA_DIR": str(SHARED_DATA)})
+    res = json.loads((run_dir / "results.json").read_text())
+    assert set(res["protocol"]) == {"wikitext2", "ptb", "wikitext103", "lambada"}
+    wt2 = res["protocol"]["wikitext2"]
+    assert wt2["variant"] == "wikitext-2-raw-v1" and wt2["context"] == 128 and wt2["stride"] == 64
+    assert wt2["tokens_in_split"] > 280_000  # the whole WikiText-2 test set, GPT-2 BPE
+    # random weights: close to uniform over GPT-2's 50257 tokens
+    assert all(20_000 < v < 150_000 for v in res["metrics"].values())
+
+
+def test_missing_data_fails_clearly_and_records_the_failure(tmp_path, random_gpt2_dir):
+    run_dir = tmp_path / "run"
+    proc = quadapter("model=gpt2", f"model.name_or_path={random_gpt2_dir}",
+                     f"model.tokenizer={random_gpt2_dir}", "dataset=ptb", "eval=in_domain",
+                     "logger=csv", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+                     env={"QUADAPTER_DATA_DIR": str(tmp_path / "empty")}, check=False)
+    assert proc.returncode != 0
+    assert "ptb.test.txt" in proc.stderr
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["status"] == "failed" and "ptb.test.txt" in res["error"]
+
+
+def test_unknown_group_option_lists_the_available_ones(tmp_path):
+    proc = quadapter("model=gpt3", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "Could not find 'model/gpt3'" in proc.stderr and "tiny" in proc.stderr
+
+
+def test_help_lists_every_group_and_option(tmp_path):
+    out = quadapter("--help", cwd=tmp_path).stdout
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    for group in [d for d in conf.iterdir() if d.is_dir()]:
+        options = ", ".join(sorted(p.stem for p in group.glob("*.yaml")))
+        assert f"{group.name}: {options}" in out
