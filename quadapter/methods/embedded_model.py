@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import pytorch_lightning as pl
 import torch
 from filelock import FileLock
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -89,8 +89,10 @@ def _pretrain(spec: dict, final: Path, cache_dir: str | Path) -> None:
                             warmup_steps=spec["warmup_steps"], weight_decay=spec["weight_decay"])
     data = LMDataModule(train, spec["block_size"], spec["batch_size"],
                         num_samples=spec["steps"] * spec["batch_size"], seed=spec["seed"])
-    ckpt = ModelCheckpoint(dirpath=work / "checkpoints", save_last=True, every_n_train_steps=50)
-    trainer = pl.Trainer(max_steps=spec["steps"], accelerator="auto", devices=1, callbacks=[ckpt],
+    ckpt = ModelCheckpoint(dirpath=work / "checkpoints", save_last=True,
+                           every_n_train_steps=spec.get("checkpoint_every", 50))
+    trainer = pl.Trainer(max_steps=spec["steps"], accelerator="auto", devices=1,
+                         callbacks=[ckpt, TQDMProgressBar(refresh_rate=10)],
                          logger=CSVLogger(work, name="logs"), enable_model_summary=False,
                          gradient_clip_val=1.0, log_every_n_steps=10)
     last = work / "checkpoints" / "last.ckpt"
