@@ -1,0 +1,78 @@
+"""Stateless quantization math shared by quantizers, learnable ranges and range estimators.
+
+Numerics follow torch's fused fake-quant kernels exactly: they multiply by the reciprocal scale
+(``x * (1/s)``, not ``x / s``) and round half to even, so the pure-torch path here is bit-identical
+to them and can stand in wherever they cannot be used (learnable ranges).
+"""
+
+import torch
+from torch import Tensor
+
+EPS = torch.finfo(torch.float32).eps  # smallest scale: degenerate ranges never give s = 0 or NaN
+
+
+def round_ste(x: Tensor) -> Tensor:
+    """Round half to even; the backward pass treats rounding as identity."""
+    return x + (torch.round(x) - x).detach()
+
+
+def grad_scale(p: Tensor, g: float) -> Tensor:
+    """Value of ``p`` with its gradient multiplied by ``g`` (LSQ).
+
+    Written as ``p + (p*g - p*g)`` rather than ``(p - p*g).detach() + p*g`` so the forward value
+    is exactly ``p``: a learnable quantizer must reproduce the fixed one bit for bit at init.
+    """
+    pg = p * g
+    return p.detach() + (pg - pg.detach())
+
+
+def quant_range(bits: int, symmetric: bool) -> tuple[int, int]:
+    """Integer grid: signed ``[-2^(b-1), 2^(b-1)-1]`` if symmetric, else unsigned ``[0, 2^b-1]``."""
+    if symmetric:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def qparams_from_range(
+    lo: Tensor, hi: Tensor, qmin: int, qmax: int, symmetric: bool
+) -> tuple[Tensor, Tensor]:
+    """Scale and (integer-valued, float) zero point that cover ``[lo, hi]`` and the value 0.
+
+    Symmetric uses ``s = max|x| / qmax`` so the observed range is never clipped (the extra
+    negative level stays unused). Differentiable in ``lo``/``hi`` via a straight-through round,
+    which is what the min/max and beta/gamma parameterizations train through.
+    """
+    if symmetric:
+        scale = (torch.maximum(-lo, hi) / qmax).clamp_min(EPS)
+        return scale, torch.zeros_like(scale)
+    lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+    scale = ((hi - lo) / (qmax - qmin)).clamp_min(EPS)
+    zero_point = round_ste(qmin - lo / scale).clamp(qmin, qmax)
+    return scale, zero_point
+
+
+def fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
+    """Quantize-dequantize with STE; gradients reach ``x`` (inside the grid) and the qparams.
+
+    ``scale``/``zero_point`` must broadcast against ``x``; ``zero_point`` holds integer values.
+    Computes in at least the qparams' precision (fp32), as the fused kernels do: a 16-bit grid
+    cannot be rounded correctly in half or bfloat16. The gradient to ``x`` is exactly the
+    in-grid indicator, as in the fused kernels, not ``s * (1/s) * indicator`` (off by an ulp).
+    """
+    xf = x.to(torch.promote_types(x.dtype, scale.dtype))
+    q = round_ste(xf.detach() * (1.0 / scale)) + zero_point
+    inside = (q >= qmin) & (q <= qmax)
+    out = (q.clamp(qmin, qmax) - zero_point) * scale
+    return (out + torch.where(inside, xf - xf.detach(), 0.0)).to(x.dtype)
+
+
+def check_bits(bits: int) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
+        raise ValueError(f"bits must be an int in 2..16, got {bits!r}")
+    return bits
+
+
+def check_choice(what: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(allowed)}")
+    return value

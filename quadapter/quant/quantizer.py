@@ -1,0 +1,199 @@
+"""FakeQuantizer: uniform affine quantize-dequantize with a straight-through estimator."""
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from quadapter.quant.functional import (
+    check_bits,
+    check_choice,
+    fake_quant,
+    qparams_from_range,
+    quant_range,
+)
+from quadapter.quant.learnable import (
+    PARAMETERIZATIONS,
+    RangeParameterization,
+    make_parameterization,
+)
+from quadapter.quant.ranges import ESTIMATORS, make_estimator
+
+GRANULARITIES = ("per_tensor", "per_channel", "per_token")
+LEARNABLE = ("none", *PARAMETERIZATIONS)
+
+
+class FakeQuantizer(nn.Module):
+    """x̂ = s·(clamp(round(x/s) + z, qmin, qmax) − z), STE gradient (zero outside the grid).
+
+    Lifecycle: ``calibrate()`` (forward observes, returns x), ``freeze()`` (qparams from the
+    observed range, learnable ranges initialized from them), then quantize. Fixed ranges run
+    torch's fused fake-quant kernels; learnable ones the bit-identical pure-torch formula, so
+    that gradients also reach the range. ``per_token`` is dynamic: a range per row of the last
+    dim, computed on the fly and treated as a constant by autograd (no state, no calibration).
+
+    Args:
+        bits: 2..16. symmetric: signed grid with z = 0, else unsigned with an integer z.
+        granularity: ``per_tensor``, ``per_channel`` (needs ``axis``: 0 for an nn.Linear weight
+            [out, in], 1 for an HF Conv1D weight [in, out]) or ``per_token``.
+        estimator, estimator_kw: range estimator name and options (see ``ranges``).
+        learnable: ``none``, ``scale_offset``, ``min_max`` or ``beta_gamma`` (+ ``sigmoid``).
+    """
+
+    def __init__(
+        self,
+        bits: int = 8,
+        symmetric: bool = False,
+        granularity: str = "per_tensor",
+        axis: int | None = None,
+        estimator: str = "minmax",
+        estimator_kw: dict[str, Any] | None = None,
+        learnable: str = "none",
+        sigmoid: bool = False,
+    ) -> None:
+        super().__init__()
+        self.bits = check_bits(bits)
+        self.granularity = check_choice("granularity", granularity, GRANULARITIES)
+        self.parameterization = check_choice("learnable range", learnable, LEARNABLE)
+        if (granularity == "per_channel") != (axis is not None):
+            raise ValueError(f"axis is for per_channel only and required there; got {axis!r}")
+        if granularity == "per_token" and learnable != "none":
+            raise ValueError(f"per_token ranges are dynamic, not learnable; got {learnable!r}")
+        if sigmoid and learnable != "beta_gamma":
+            raise ValueError(f"sigmoid applies to learnable='beta_gamma' only, not {learnable!r}")
+        self.symmetric, self.axis, self.sigmoid = symmetric, axis, sigmoid
+        self.qmin, self.qmax = quant_range(bits, symmetric)
+        self.enabled, self.calibrating = True, False
+        self.estimator_name = check_choice("range estimator", estimator, tuple(ESTIMATORS))
+        self.estimator = None
+        if granularity != "per_token":
+            grid = {"bits": bits, "symmetric": symmetric} if ESTIMATORS[estimator].needs_grid else {}
+            self.estimator = make_estimator(estimator, axis=axis, **grid, **(estimator_kw or {}))
+        # Empty until calibrated: 0-dim per tensor, [channels] per channel.
+        self.register_buffer("scale", torch.empty(0))
+        self.register_buffer("zero_point", torch.empty(0, dtype=torch.int32))
+        self.learned_range: RangeParameterization | None = None
+
+    # -- modes ------------------------------------------------------------------------------
+    def enable(self, enabled: bool = True) -> "FakeQuantizer":
+        self.enabled = enabled
+        return self
+
+    def disable(self) -> "FakeQuantizer":
+        return self.enable(False)
+
+    def calibrate(self, calibrating: bool = True) -> "FakeQuantizer":
+        """Start (or stop) observing ranges; forward returns its input meanwhile."""
+        if calibrating and self.estimator is not None:
+            self.estimator.reset()
+        self.calibrating = calibrating
+        return self
+
+    def freeze(self) -> "FakeQuantizer":
+        """End calibration: set qparams from the observed range (a no-op for per_token)."""
+        self.calibrating = False
+        if self.estimator is not None:
+            self.set_range(*self.estimator.range())
+            self.estimator.reset()  # drop the observed statistics and samples
+        return self
+
+    @torch.no_grad()
+    def set_range(self, lo: Tensor | float, hi: Tensor | float) -> None:
+        """Set the clipping range directly. Re-creates learnable ranges: build optimizers after."""
+        if self.granularity == "per_token":
+            raise RuntimeError("per_token quantizers have no stored range")
+        shape = (-1,) if self.granularity == "per_channel" else ()
+        lo, hi = (
+            torch.as_tensor(t, dtype=torch.float32, device=self.scale.device).reshape(shape)
+            for t in (lo, hi)
+        )
+        scale, zero_point = qparams_from_range(lo, hi, self.qmin, self.qmax, self.symmetric)
+        self.scale, self.zero_point = scale, zero_point.to(torch.int32)
+        if self.parameterization != "none":
+            self.learned_range = make_parameterization(
+                self.parameterization, lo, hi, self.qmin, self.qmax, self.symmetric, self.sigmoid
+            )
+
+    def range_parameters(self) -> list[nn.Parameter]:
+        """The learnable range parameters (empty when fixed), for their own optimizer group."""
+        return [] if self.learned_range is None else list(self.learned_range.parameters())
+
+    # -- forward ----------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.enabled:
+            return x
+        if self.calibrating:
+            if self.estimator is not None:
+                self.estimator.observe(x)
+            return x
+        if self.granularity == "per_token":
+            return self._per_token(x)
+        # qparams in fp32 even after model.half(): the fused kernels and 16-bit grids need it
+        if self.learned_range is not None:
+            scale, zero_point = self.learned_range(x.numel() // self.scale.numel())
+            scale, zero_point = self._bcast(scale.float(), x), self._bcast(zero_point.float(), x)
+            return fake_quant(x, scale, zero_point, self.qmin, self.qmax)
+        if self.scale.numel() == 0:
+            raise RuntimeError("FakeQuantizer is not calibrated: calibrate(), run data, freeze()")
+        scale = self.scale.float()
+        if self.granularity == "per_channel":
+            axis = self.axis % x.dim()
+            return torch.fake_quantize_per_channel_affine(
+                x, scale, self.zero_point, axis, self.qmin, self.qmax
+            )
+        return torch.fake_quantize_per_tensor_affine(x, scale, self.zero_point, self.qmin, self.qmax)
+
+    def _per_token(self, x: Tensor) -> Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        lo, hi = torch.aminmax(rows.detach().float(), dim=1)
+        scale, zero_point = qparams_from_range(lo, hi, self.qmin, self.qmax, self.symmetric)
+        zero_point = zero_point.to(torch.int32)
+        out = torch.fake_quantize_per_channel_affine(rows, scale, zero_point, 0, self.qmin, self.qmax)
+        return out.view_as(x)
+
+    def _bcast(self, t: Tensor, x: Tensor) -> Tensor:
+        if self.granularity != "per_channel":
+            return t
+        axis = self.axis % x.dim()
+        return t.view([-1 if d == axis else 1 for d in range(x.dim())])
+
+    # -- export / load ----------------------------------------------------------------------
+    @torch.no_grad()
+    def encodings(self) -> dict[str, Any]:
+        """JSON-ready qparams: learned values when learnable, None when dynamic or uncalibrated."""
+        scale = zero_point = None
+        if self.learned_range is not None:
+            scale, zero_point = self.learned_range(1)
+        elif self.scale.numel() > 0:
+            scale, zero_point = self.scale, self.zero_point
+        return {
+            "bits": self.bits,
+            "symmetric": self.symmetric,
+            "granularity": self.granularity,
+            "axis": self.axis,
+            "scale": None if scale is None else scale.reshape(-1).tolist(),
+            "zero_point": None if zero_point is None else zero_point.reshape(-1).int().tolist(),
+        }
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # A fresh quantizer has empty qparams and no learned range: take the saved shapes first.
+        saved = state_dict.get(prefix + "scale")
+        if saved is not None and saved.shape != self.scale.shape:
+            self.set_range(torch.zeros(saved.shape), torch.zeros(saved.shape))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        parts = [f"bits={self.bits}", f"symmetric={self.symmetric}", f"granularity={self.granularity}"]
+        if self.axis is not None:
+            parts.append(f"axis={self.axis}")
+        if self.estimator is not None:
+            parts.append(f"estimator={self.estimator_name}")
+        if self.parameterization != "none":
+            parts.append(f"learnable={self.parameterization}")
+        if self.sigmoid:
+            parts.append("sigmoid=True")
+        if not self.enabled:
+            parts.append("disabled")
+        elif self.calibrating:
+            parts.append("calibrating")
+        return ", ".join(parts)
