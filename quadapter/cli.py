@@ -12,15 +12,20 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-# conf/ sits beside the package in a checkout (editable install) and inside it in a wheel.
-_PKG = Path(__file__).resolve().parent
-CONFIG_DIR = str(_PKG / "conf" if (_PKG / "conf").is_dir() else _PKG.parent / "conf")
+# The configs are the interface users edit, so they stay in the checkout's conf/ (editable install).
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 log = logging.getLogger("quadapter")
 
 
+def main() -> None:
+    if not Path(CONFIG_DIR).is_dir():
+        sys.exit(f"quadapter: no config dir at {CONFIG_DIR}; install from a checkout: pip install -e .")
+    app()
+
+
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
+def app(cfg: DictConfig) -> float | None:
     from quadapter.runner import format_results, run
 
     hc = HydraConfig.get()
