@@ -45,6 +45,10 @@ def report(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", type=Path, help="run or sweep directories")
     parser.add_argument("--format", choices=["markdown", "csv"], default="markdown")
     args = parser.parse_args(argv)
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:
+        print(f"quadapter-report: no such path: {', '.join(missing)}", file=sys.stderr)
+        return 2
     rows = collect(args.paths)
     if not rows:
         print(f"no results.json under {', '.join(map(str, args.paths))}", file=sys.stderr)
