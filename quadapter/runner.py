@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from quadapter.data.corpora import load_text
 from quadapter.data.tokens import cached_encode
 from quadapter.evaluation import perplexity
-from quadapter.methods import RunContext, get_method
+from quadapter.methods import RunContext, check_config, get_method
 from quadapter.methods.embedded_model import ensure_embedded_model
 from quadapter.models.loading import load_model
 from quadapter.tracking import build_loggers, close_loggers, config_hash, log_metrics, write_json_atomic
@@ -69,6 +69,7 @@ def run(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> dict[
     timings = results["timings"]
     start = time.perf_counter()
     try:
+        check_config(cfg)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         device = device_for(cfg.trainer.accelerator)
         model_path = cfg.model.name_or_path or ensure_embedded_model(
@@ -79,7 +80,7 @@ def run(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> dict[
 
         t = time.perf_counter()
         ctx = RunContext(cfg=cfg, model=model, tokenizer=tokenizer, run_dir=run_dir,
-                         cache_dir=cache_dir, loggers=loggers)
+                         cache_dir=cache_dir, loggers=loggers, device=device)
         model = get_method(cfg.method.name)(ctx).to(device).eval()
         results.update(ctx.summary)
         timings["method_s"] = round(time.perf_counter() - t, 3)

@@ -79,6 +79,13 @@ def log_metrics(loggers: list[Logger], metrics: Mapping[str, float], step: int) 
         logger.log_metrics(dict(metrics), step=step)
 
 
+def log_table(loggers: list[Logger], key: str, columns: list[str], rows: list[list[Any]]) -> None:
+    """A table for the loggers that show tables (W&B: a ``wandb.Table``); others skip it."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_table(key=key, columns=columns, data=rows)
+
+
 def close_loggers(loggers: list[Logger], status: str) -> None:
     """Flush every logger and finish the W&B run, so the next run of a sweep never shares it."""
     for logger in loggers:

@@ -1,7 +1,8 @@
 """Methods: what happens to a loaded model before it is evaluated (``conf/method/*.yaml``).
 
 A method is a function ``(RunContext) -> nn.Module`` returning the model to evaluate; the registry
-maps ``method.name`` to it, so adding a method is one module and one entry here.
+maps ``method.name`` to it, so adding a method is one module and one entry here. A method may also
+register a config check, which the runner calls before loading the model.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import Logger
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from quadapter.methods import fp
+from quadapter.methods import fp, ptq
 
 
 @dataclass
@@ -29,13 +31,22 @@ class RunContext:
     cache_dir: Path
     loggers: list[Logger] = field(default_factory=list)
     summary: dict = field(default_factory=dict)  # method-specific entries for results.json
+    device: torch.device = torch.device("cpu")  # where the run computes (calibration, training)
 
 
 Method = Callable[[RunContext], nn.Module]
-METHODS: dict[str, Method] = {"fp": fp.apply}
+METHODS: dict[str, Method] = {"fp": fp.apply, "ptq": ptq.apply}
+CHECKS: dict[str, Callable[[DictConfig], None]] = {"ptq": ptq.check}
 
 
 def get_method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
     return METHODS[name]
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise on a bad method or method config before anything heavy happens."""
+    get_method(cfg.method.name)
+    if cfg.method.name in CHECKS:
+        CHECKS[cfg.method.name](cfg)

@@ -28,7 +28,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from quadapter.data.datamodule import LMDataModule
 from quadapter.data.embedded import embedded_documents
 from quadapter.data.tokens import cached_encode
-from quadapter.methods.lm_module import CausalLMModule
+from quadapter.methods.lm_module import CausalLMModule, weight_groups
 
 log = logging.getLogger(__name__)
 EOS = "<|endoftext|>"
@@ -85,8 +85,9 @@ def _pretrain(spec: dict, final: Path, cache_dir: str | Path) -> None:
     config = GPT2Config(vocab_size=len(tok), n_positions=spec["block_size"], n_embd=spec["n_embd"],
                         n_layer=spec["n_layer"], n_head=spec["n_head"], bos_token_id=tok.eos_token_id,
                         eos_token_id=tok.eos_token_id)
-    module = CausalLMModule(GPT2LMHeadModel(config), lr=spec["lr"], total_steps=spec["steps"],
-                            warmup_steps=spec["warmup_steps"], weight_decay=spec["weight_decay"])
+    model = GPT2LMHeadModel(config)
+    module = CausalLMModule(model, weight_groups(model, spec["lr"], spec["weight_decay"]),
+                            total_steps=spec["steps"], warmup_steps=spec["warmup_steps"])
     data = LMDataModule(train, spec["block_size"], spec["batch_size"],
                         num_samples=spec["steps"] * spec["batch_size"], seed=spec["seed"])
     ckpt = ModelCheckpoint(dirpath=work / "checkpoints", save_last=True,

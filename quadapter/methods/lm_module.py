@@ -1,8 +1,9 @@
 """The Lightning module that trains a causal LM on the language-modelling loss.
 
-Whatever is trainable (all weights for pretraining, later quantizer ranges or adapter scales) is
-decided by ``requires_grad`` before the module is built; this module only owns the loss, the
-optimizer and the schedule.
+Every training method uses it: pretraining the embedded model, QAT, and Quadapter's end-to-end
+phase. What trains is decided by the parameter groups it is given (each with its own learning
+rate, so quantizer ranges and adapter scales can move at their own pace); it owns the loss, the
+optimizer and the schedule, nothing else.
 """
 
 from __future__ import annotations
@@ -22,28 +23,39 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def weight_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """The trainable weights of ``model``: matrices with weight decay, vectors without."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"name": "weights", "params": [p for p in params if p.ndim >= 2], "lr": lr,
+             "weight_decay": weight_decay},
+            {"name": "weights_no_decay", "params": [p for p in params if p.ndim < 2], "lr": lr,
+             "weight_decay": 0.0}]
+
+
 class CausalLMModule(pl.LightningModule):
-    def __init__(self, model: nn.Module, lr: float, total_steps: int, warmup_steps: int = 0,
-                 weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.95)):
+    """LM loss on blocks of token ids; AdamW over named parameter groups; warm-up + cosine."""
+
+    def __init__(self, model: nn.Module, param_groups: list[dict], total_steps: int,
+                 warmup_steps: int = 0, betas: tuple[float, float] = (0.9, 0.95)):
         super().__init__()
         self.model = model
-        self.lr, self.total_steps, self.warmup_steps = lr, total_steps, warmup_steps
-        self.weight_decay, self.betas = weight_decay, tuple(betas)
+        self.param_groups = [g for g in param_groups if g["params"]]
+        if not self.param_groups:
+            raise ValueError("nothing to train: every parameter group is empty")
+        self.total_steps, self.warmup_steps, self.betas = total_steps, warmup_steps, tuple(betas)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(ids, labels=ids).loss
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        loss = self.model(batch, labels=batch).loss
+        loss = self(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/ppl", loss.detach().exp())
         return loss
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.lr, betas=self.betas)
+        opt = torch.optim.AdamW(self.param_groups, betas=self.betas)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(s, self.warmup_steps, self.total_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,7 +1,10 @@
-"""Quantization core: fake quantizers, range estimators, learnable ranges. No model knowledge."""
+"""Quantization core: fake quantizers, range estimators, learnable ranges, QuantSim. No model
+knowledge: callers name the sites (``quadapter.models.sites`` for GPT-2)."""
 
+from quadapter.quant.diagnostics import OutlierStats
 from quadapter.quant.functional import (
     fake_quant,
+    fake_quant_fixed,
     grad_scale,
     qparams_from_range,
     quant_range,
@@ -25,6 +28,14 @@ from quadapter.quant.ranges import (
     RunningMinMaxEstimator,
     make_estimator,
 )
+from quadapter.quant.sim import (
+    LayerSite,
+    OutputSite,
+    QuantizedLayer,
+    QuantizerConfig,
+    QuantSim,
+    linear_forward,
+)
 
 __all__ = [
     "ESTIMATORS",
@@ -33,16 +44,24 @@ __all__ = [
     "PARAMETERIZATIONS",
     "BetaGammaRange",
     "FakeQuantizer",
+    "LayerSite",
     "MSEEstimator",
     "MinMaxEstimator",
     "MinMaxRange",
+    "OutlierStats",
+    "OutputSite",
     "PercentileEstimator",
+    "QuantSim",
+    "QuantizedLayer",
+    "QuantizerConfig",
     "RangeEstimator",
     "RangeParameterization",
     "RunningMinMaxEstimator",
     "ScaleOffsetRange",
     "fake_quant",
+    "fake_quant_fixed",
     "grad_scale",
+    "linear_forward",
     "make_estimator",
     "make_parameterization",
     "qparams_from_range",

@@ -1,8 +1,9 @@
 """Stateless quantization math shared by quantizers, learnable ranges and range estimators.
 
 Numerics follow torch's fused fake-quant kernels exactly: they multiply by the reciprocal scale
-(``x * (1/s)``, not ``x / s``) and round half to even, so the pure-torch path here is bit-identical
-to them and can stand in wherever they cannot be used (learnable ranges).
+(``x * (1/s)``, not ``x / s``) and round half to even, so the pure-torch paths here are
+bit-identical to them and can stand in wherever they cannot be used (learnable ranges) or are slow
+(fixed ranges on the CPU, see ``fake_quant_fixed``).
 """
 
 import torch
@@ -64,6 +65,63 @@ def fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: in
     inside = (q >= qmin) & (q <= qmax)
     out = (q.clamp(qmin, qmax) - zero_point) * scale
     return (out + torch.where(inside, xf - xf.detach(), 0.0)).to(x.dtype)
+
+
+class _FixedFakeQuantSTE(torch.autograd.Function):
+    """``clamp(round(x·inv), lo, hi)·s`` with the fused kernels' gradient: the in-grid mask.
+
+    ``clamp(round(y) + z, qmin, qmax) − z == clamp(round(y), qmin − z, qmax − z)`` exactly, since
+    every operand is an integer-valued float far below 2^24: one op fewer than the textbook form.
+    The backward recomputes the mask from the saved input instead of keeping one from the
+    forward: the forward then allocates only its output (fresh activation memory, page faults
+    included, is what fake quantization costs most in a training step), and the mask is
+    ``1 − min(|r − clamp(r)|, 1)`` in float, since bool-valued ops are 3-6x slower on the CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, inv: Tensor | float, scale: Tensor | float, lo, hi) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.qparams = inv, lo, hi
+        return torch.mul(x, inv).round_().clamp_(lo, hi).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (x,) = ctx.saved_tensors
+        inv, lo, hi = ctx.qparams
+        r = torch.mul(x, inv).round_()
+        inside = r.sub_(r.clamp(lo, hi)).abs_().clamp_(max=1).neg_().add_(1)
+        return inside.mul_(grad), None, None, None, None
+
+
+def fake_quant_fixed(
+    x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None = None
+) -> Tensor:
+    """Fake quantization with constant qparams (per tensor, or per channel along ``axis``).
+
+    Gradient to ``x`` only (the in-grid indicator), as ``torch.fake_quantize_per_*_affine``, to
+    which the result is bit-identical. On the CPU those fused kernels are scalar loops that also
+    always write a mask (~2.7 ns/element on 2 cores, 40% of a d=192 matmul's time); the in-place
+    elementwise chain used there instead is vectorized and ~10x faster. Other devices keep the
+    fused kernels: one pass over memory.
+    """
+    if x.device.type != "cpu":
+        if axis is None:
+            return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
+        return torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis, qmin, qmax)
+    xf = x.to(torch.promote_types(x.dtype, scale.dtype))
+    inv = 1.0 / scale  # fp32 reciprocal, as the fused kernels compute it
+    if axis is None:  # Python scalars: 0-dim tensor bounds send clamp down a 10x slower path
+        z = zero_point.item()
+        inv, scale, lo, hi = inv.item(), scale.item(), qmin - z, qmax - z
+    else:
+        shape = [-1 if d == axis else 1 for d in range(x.dim())]
+        inv, scale, z = inv.view(shape), scale.view(shape), zero_point.to(scale.dtype).view(shape)
+        lo, hi = qmin - z, qmax - z
+    if torch.is_grad_enabled() and x.requires_grad:
+        out = _FixedFakeQuantSTE.apply(xf, inv, scale, lo, hi)
+    else:
+        out = torch.mul(xf, inv).round_().clamp_(lo, hi).mul_(scale)
+    return out.to(x.dtype)
 
 
 def check_bits(bits: int) -> int:

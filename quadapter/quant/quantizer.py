@@ -9,6 +9,7 @@ from quadapter.quant.functional import (
     check_bits,
     check_choice,
     fake_quant,
+    fake_quant_fixed,
     qparams_from_range,
     quant_range,
 )
@@ -28,9 +29,10 @@ class FakeQuantizer(nn.Module):
 
     Lifecycle: ``calibrate()`` (forward observes, returns x), ``freeze()`` (qparams from the
     observed range, learnable ranges initialized from them), then quantize. Fixed ranges run
-    torch's fused fake-quant kernels; learnable ones the bit-identical pure-torch formula, so
-    that gradients also reach the range. ``per_token`` is dynamic: a range per row of the last
-    dim, computed on the fly and treated as a constant by autograd (no state, no calibration).
+    ``fake_quant_fixed`` (torch's fused kernels, or a faster bit-identical chain on the CPU);
+    learnable ones the bit-identical pure-torch formula, so that gradients also reach the range.
+    ``per_token`` is dynamic: a range per row of the last dim, computed on the fly and treated as
+    a constant by autograd (no state, no calibration).
 
     Args:
         bits: 2..16. symmetric: signed grid with z = 0, else unsigned with an integer z.
@@ -135,20 +137,14 @@ class FakeQuantizer(nn.Module):
             return fake_quant(x, scale, zero_point, self.qmin, self.qmax)
         if self.scale.numel() == 0:
             raise RuntimeError("FakeQuantizer is not calibrated: calibrate(), run data, freeze()")
-        scale = self.scale.float()
-        if self.granularity == "per_channel":
-            axis = self.axis % x.dim()
-            return torch.fake_quantize_per_channel_affine(
-                x, scale, self.zero_point, axis, self.qmin, self.qmax
-            )
-        return torch.fake_quantize_per_tensor_affine(x, scale, self.zero_point, self.qmin, self.qmax)
+        axis = None if self.granularity == "per_tensor" else self.axis % x.dim()
+        return fake_quant_fixed(x, self.scale.float(), self.zero_point, self.qmin, self.qmax, axis)
 
     def _per_token(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, x.shape[-1])
         lo, hi = torch.aminmax(rows.detach().float(), dim=1)
         scale, zero_point = qparams_from_range(lo, hi, self.qmin, self.qmax, self.symmetric)
-        zero_point = zero_point.to(torch.int32)
-        out = torch.fake_quantize_per_channel_affine(rows, scale, zero_point, 0, self.qmin, self.qmax)
+        out = fake_quant_fixed(rows, scale, zero_point.to(torch.int32), self.qmin, self.qmax, axis=0)
         return out.view_as(x)
 
     def _bcast(self, t: Tensor, x: Tensor) -> Tensor:

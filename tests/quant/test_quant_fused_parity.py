@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from quadapter.quant import FakeQuantizer, fake_quant, quant_range
+from quadapter.quant import FakeQuantizer, fake_quant, fake_quant_fixed, quant_range
 
 BITS = [2, 3, 4, 8, 16]
 
@@ -170,3 +170,39 @@ def test_low_precision_inputs_keep_dtype(dtype, learnable):
     y = q(w)
     assert y.dtype == dtype
     assert torch.allclose(y.float(), w.float(), atol=q.scale.max().item() / 2 + 1e-2)
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_fixed_fast_path_matches_fused_ops(bits, symmetric, grad):
+    """The CPU chain (both its no-grad and its autograd form) against the fused kernels."""
+    gen = torch.Generator().manual_seed(200 + bits)
+    qmin, qmax = quant_range(bits, symmetric)
+    scale = torch.rand(24, generator=gen) * 0.1 + 1e-3
+    zp = torch.zeros(24, dtype=torch.int32) if symmetric else torch.randint(
+        qmin, qmax + 1, (24,), generator=gen, dtype=torch.int32)
+    x = _near_ties((3, 40, 24), 1.0, gen, levels=2 ** (bits + 1)) * scale
+    for axis, s, z in ((None, scale[5], zp[5]), (2, scale, zp)):
+        def fused(t):
+            if axis is None:
+                return torch.fake_quantize_per_tensor_affine(t, s, z, qmin, qmax)
+            return torch.fake_quantize_per_channel_affine(t, s, z, axis, qmin, qmax)
+
+        y_ref, g_ref = _grad(fused, x)
+        if grad:
+            y, g = _grad(lambda t: fake_quant_fixed(t, s, z, qmin, qmax, axis), x)
+            assert torch.equal(g, g_ref)
+        else:
+            y = fake_quant_fixed(x, s, z, qmin, qmax, axis)
+        assert torch.equal(y, y_ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_fixed_fast_path_keeps_dtype_and_computes_in_fp32(dtype):
+    x = (torch.randn(64, 8) * 3).to(dtype)
+    scale, zp = torch.tensor(0.02), torch.tensor(100, dtype=torch.int32)
+    y = fake_quant_fixed(x, scale, zp, 0, 255)
+    assert y.dtype == dtype
+    ref = torch.fake_quantize_per_tensor_affine(x.float(), scale, zp, 0, 255)
+    assert torch.equal(y.float(), ref.to(dtype).float())

@@ -1,0 +1,147 @@
+"""Cost of W8A8 fake quantization (QuantSim) over the full-precision model, side by side.
+
+Forward (as evaluation runs it, under inference_mode) and training step (forward, backward and
+AdamW on every weight: QAT, the costliest case, where weights are re-quantized every step) of a
+QuantSim-wrapped GPT-2 divided by the same model unwrapped, timed interleaved in one process.
+Two ablations show what each optimization buys: the ``fused`` rows replace the CPU fast path by
+torch's fused fake-quant kernels (what FakeQuantizer used before), the ``no cache`` rows
+re-quantize frozen weights every forward (training always does). Random weights: speed does not
+depend on them.
+
+    python experiments/benchmarks/quantsim_overhead.py [--repeats 30] [--gpt2-train]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import statistics
+import time
+from contextlib import contextmanager
+from typing import Callable
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from quadapter.models.sites import DEFAULT_SITES, quant_sites
+from quadapter.quant import QuantizerConfig, QuantSim
+from quadapter.quant import quantizer as quantizer_module
+
+SHAPES = {  # name: (config, batch, sequence length)
+    "tiny 4x192, 4k vocab": (GPT2Config(n_layer=4, n_embd=192, n_head=4, vocab_size=4096,
+                                        n_positions=128), 8, 128),
+    "gpt2-small 12x768, 50k": (GPT2Config(), 1, 1024),
+}
+VARIANTS = {  # name: (CPU fast path, weight cache)
+    "fused, no cache (before)": (False, False),
+    "fused + weight cache": (False, True),
+    "fast path, no cache": (True, False),
+    "fast path + weight cache (now)": (True, True),
+}
+TRAIN_VARIANTS = ("fused, no cache (before)", "fast path + weight cache (now)")  # training mode
+# never uses the weight cache, so the other two rows would time the same code again
+
+
+def fused_only(x, scale, zero_point, qmin, qmax, axis=None):
+    """The previous FakeQuantizer fixed-range path: torch's fused kernels on every device."""
+    if axis is None:
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
+    return torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis, qmin, qmax)
+
+
+@contextmanager
+def cpu_path(fast: bool):
+    original = quantizer_module.fake_quant_fixed
+    if not fast:
+        quantizer_module.fake_quant_fixed = fused_only
+    try:
+        yield
+    finally:
+        quantizer_module.fake_quant_fixed = original
+
+
+def quantized_copy(model: GPT2LMHeadModel, ids: torch.Tensor, cache: bool) -> GPT2LMHeadModel:
+    model = copy.deepcopy(model)
+    layers, outputs = quant_sites(model, DEFAULT_SITES)
+    sim = QuantSim(model, layers, outputs, weight=QuantizerConfig(8, True, "per_channel"),
+                   act=QuantizerConfig(8), cache_weight=cache)
+    sim.calibrate([ids], progress=False)
+    return model
+
+
+def forward_step(model: GPT2LMHeadModel, ids: torch.Tensor) -> Callable[[], None]:
+    def step():
+        model.eval()
+        with torch.inference_mode():
+            model(ids)
+    return step
+
+
+def train_step(model: GPT2LMHeadModel, ids: torch.Tensor) -> Callable[[], None]:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    def step():
+        model.train()
+        model(ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def median_times(steps: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Median seconds per step; one repeat of every step in turn, so drift hits all alike.
+
+    The garbage collector is off while timing, as in ``timeit``: its pauses land on whichever
+    step happens to allocate the object that triggers them.
+    """
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    gc.disable()
+    try:
+        for i in range(repeats + 1):  # the first round warms up (and fills the weight caches)
+            for name in names[i % len(names):] + names[:i % len(names)]:  # rotate the order
+                with cpu_path(VARIANTS.get(name, (True, True))[0]):
+                    start = time.perf_counter()
+                    steps[name]()
+                    if i:
+                        times[name].append(time.perf_counter() - start)
+            gc.collect()
+    finally:
+        gc.enable()
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30, help="timed rounds on the tiny shape")
+    parser.add_argument("--gpt2-repeats", type=int, default=5, help="timed rounds, GPT-2 shape")
+    parser.add_argument("--gpt2-train", action="store_true",
+                        help="also time training steps at the GPT-2 shape (slow on a CPU)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; W8A8: weights per channel"
+          f" symmetric, activations per tensor; sites {', '.join(DEFAULT_SITES)}")
+    print(f"{'model (batch x seq)':<32}{'step':<9}{'variant':<32}{'fp ms':>9}{'quant ms':>10}"
+          f"{'ratio':>7}")
+    for shape, (config, batch, seq) in SHAPES.items():
+        gpt2 = shape.startswith("gpt2")
+        label = f"{shape} ({batch}x{seq})"
+        fp = GPT2LMHeadModel(config)
+        ids = torch.randint(0, config.vocab_size, (batch, seq))
+        models = {"fp": fp, **{name: quantized_copy(fp, ids, cache)
+                               for name, (_fast, cache) in VARIANTS.items()}}
+        kinds = {"forward": forward_step}
+        if not gpt2 or args.gpt2_train:
+            kinds["train"] = train_step
+        for kind, make_step in kinds.items():
+            variants = TRAIN_VARIANTS if kind == "train" else tuple(VARIANTS)
+            steps = {name: make_step(models[name], ids) for name in ("fp", *variants)}
+            times = median_times(steps, args.gpt2_repeats if gpt2 else args.repeats)
+            for name in variants:
+                print(f"{label:<32}{kind:<9}{name:<32}{1e3 * times['fp']:>9.1f}"
+                      f"{1e3 * times[name]:>10.1f}{times[name] / times['fp']:>7.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Post-training quantization: calibrate ranges on fine-tuning-set blocks, then evaluate as is.
+
+Calibration data is ``quantizer.calibration.blocks`` random blocks of the model's context length
+from ``dataset``'s ``quantizer.calibration.split`` (seeded by ``seed``). The activation-outlier
+statistics gathered on the way are logged once: a table with a row per site (W&B), a summary in
+results.json and the worst site in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from quadapter.data.corpora import load_text
+from quadapter.data.datamodule import TokenBlocks
+from quadapter.data.tokens import cached_encode
+from quadapter.methods.quant_config import QuantSettings, quant_settings
+from quadapter.models.sites import quant_sites
+from quadapter.quant.diagnostics import OutlierStats
+from quadapter.quant.sim import QuantSim
+from quadapter.tracking import log_table
+
+if TYPE_CHECKING:
+    from quadapter.methods import RunContext
+
+log = logging.getLogger(__name__)
+OUTLIER_COLUMNS = ["site", "channels", "absmax", "median_absmax", "max_over_median", "kurtosis",
+                   "top_channels"]
+
+
+def check(cfg: DictConfig, method: str = "ptq") -> None:
+    """Validate the quantization config; ``method`` names the caller (e.g. qat) in errors."""
+    quant_settings(cfg, method)
+
+
+def calibration_loader(ctx: RunContext, settings: QuantSettings) -> tuple[DataLoader, dict]:
+    """Seeded random blocks of the model's context length, and what they were (for results)."""
+    cfg, split = ctx.cfg, settings.calibration_split
+    text = load_text(cfg.dataset, split, cfg.paths.data_dir)
+    block_size = ctx.model.config.n_positions
+    blocks = TokenBlocks(cached_encode(text, ctx.tokenizer, ctx.cache_dir), block_size)
+    n = min(settings.calibration_blocks, len(blocks))
+    if n < settings.calibration_blocks:
+        log.warning("calibration: %s/%s holds only %d blocks of %d tokens, not %d",
+                    cfg.dataset.name, split, n, block_size, settings.calibration_blocks)
+    order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(cfg.seed))
+    chosen = Subset(blocks, order[:n].tolist())
+    info = {"dataset": cfg.dataset.name, "split": split, "blocks": n, "block_size": block_size,
+            "tokens": n * block_size}
+    return DataLoader(chosen, batch_size=settings.calibration_batch_size), info
+
+
+def outlier_report(stats: dict[str, OutlierStats], top_k: int, loggers: list) -> dict[str, Any]:
+    """Summaries per site (for results.json), the W&B table and the worst site in the log."""
+    summary = {site: s.summary(top_k) for site, s in stats.items()}
+    rows = [[site, *(s[c] for c in OUTLIER_COLUMNS[1:-1]), str(s["top_channels"])]
+            for site, s in summary.items()]
+    log_table(loggers, "calibration/outliers", OUTLIER_COLUMNS, rows)
+    if summary:
+        site, worst = max(summary.items(), key=lambda kv: kv[1]["max_over_median"])
+        log.info("worst activation-outlier site: %s (max/median %.1f, kurtosis %.1f, top channels "
+                 "%s)", site, worst["max_over_median"], worst["kurtosis"], worst["top_channels"])
+    return summary
+
+
+def quantize(ctx: RunContext, method: str = "ptq") -> QuantSim:
+    """Quantize ``ctx.model`` in place at the configured sites, calibrate it and record how.
+
+    The returned sim is what methods that go on from PTQ (QAT) train; PTQ itself stops here.
+    """
+    settings = quant_settings(ctx.cfg, method)
+    model = ctx.model.to(ctx.device)
+    layers, outputs = quant_sites(model, settings.sites)
+    sim = QuantSim(model, layers, outputs, weight=settings.weight, act=settings.act)
+    loader, data = calibration_loader(ctx, settings)
+    start = time.perf_counter()
+    stats = sim.calibrate(loader, lambda m, batch: m(batch.to(ctx.device)), diagnostics=True)
+    data["seconds"] = round(time.perf_counter() - start, 3)
+    record = settings.to_dict()
+    record["calibration"].update(data)
+    ctx.summary["quantization"] = {**record, "quantized_layers": list(sim.layers),
+                                   "quantized_outputs": list(sim.outputs)}
+    ctx.summary["outliers"] = outlier_report(stats, settings.outlier_top_channels, ctx.loggers)
+    log.info("%s: %d layers and %d outputs quantized (%s), calibrated on %d tokens in %.1f s",
+             method, len(sim.layers), len(sim.outputs), ctx.cfg.bits.name, data["tokens"],
+             data["seconds"])
+    return sim
+
+
+def apply(ctx: RunContext) -> nn.Module:
+    return quantize(ctx).model

@@ -1,0 +1,122 @@
+"""Quantization settings read from the ``bits`` and ``quantizer`` groups, validated up front.
+
+Every quantizing method (PTQ now, QAT and Quadapter later) starts here, and ``check`` runs before
+the model is loaded or pretrained, so a typo costs a second, not a calibration. Errors name the
+config key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from quadapter.models.sites import check_site_names
+from quadapter.quant import ESTIMATORS, LEARNABLE
+from quadapter.quant.sim import QuantizerConfig
+
+WEIGHT_GRANULARITIES = ("per_tensor", "per_channel")
+ACT_GRANULARITIES = ("per_tensor", "per_channel", "per_token")
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    weight: QuantizerConfig | None  # None: weights stay in full precision
+    act: QuantizerConfig | None  # None: activations stay in full precision
+    sites: list[str]
+    calibration_split: str
+    calibration_blocks: int
+    calibration_batch_size: int
+    outlier_top_channels: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """What results.json records: sites, bits, granularity, symmetry, estimator, calibration."""
+        sides = {"weight": self.weight, "act": self.act}
+        return {
+            "sites": self.sites,
+            "bits": {side: None if c is None else c.bits for side, c in sides.items()},
+            **{side: None if c is None else c.to_dict() for side, c in sides.items()},
+            "calibration": {"split": self.calibration_split, "blocks": self.calibration_blocks,
+                            "batch_size": self.calibration_batch_size,
+                            "outlier_top_channels": self.outlier_top_channels},
+        }
+
+
+def _fail(key: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"{key}={value!r} is invalid; allowed: {allowed}")
+
+
+def _bits(cfg: DictConfig, side: str) -> int | None:
+    value = cfg.bits.get(side)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or not 2 <= value <= 16):
+        raise _fail(f"bits.{side}", value, "an integer in 2..16, or null (full precision)")
+    return value
+
+
+def _choice(q: Mapping, key: str, allowed: tuple[str, ...]) -> str:
+    value = OmegaConf.select(q, key)
+    if value not in allowed:
+        raise _fail(f"quantizer.{key}", value, ", ".join(allowed))
+    return value
+
+
+def _flag(q: Mapping, key: str) -> bool:
+    value = OmegaConf.select(q, key)
+    if not isinstance(value, bool):
+        raise _fail(f"quantizer.{key}", value, "true, false")
+    return value
+
+
+def _positive(q: Mapping, key: str) -> int:
+    value = OmegaConf.select(q, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _fail(f"quantizer.{key}", value, "an integer >= 1")
+    return value
+
+
+def quant_settings(cfg: DictConfig, method: str) -> QuantSettings:
+    """The run's quantization settings; ``method`` names the caller in errors."""
+    weight_bits, act_bits = _bits(cfg, "weight"), _bits(cfg, "act")
+    if weight_bits is None and act_bits is None:
+        raise ValueError(f"method={method} with bits={cfg.bits.name} quantizes nothing: choose "
+                         "quantized bits, e.g. bits=w8a8 or bits=w4a8")
+    q = cfg.quantizer
+    if q.name == "none" or "estimator" not in q:
+        raise ValueError(f"method={method} with quantizer={q.name} has no quantization ranges: "
+                         "choose quantizer=minmax, quantizer=percentile or quantizer=mse")
+    estimator = _choice(q, "estimator", tuple(ESTIMATORS))
+    estimator_kw = q.get("estimator_kw")
+    if estimator_kw is not None and not OmegaConf.is_dict(estimator_kw):
+        raise _fail("quantizer.estimator_kw", estimator_kw, "a mapping of estimator options, or {}")
+    estimator_kw = OmegaConf.to_container(estimator_kw, resolve=True) if estimator_kw else {}
+    learnable = _choice(q, "learnable", LEARNABLE)
+    sigmoid = _flag(q, "sigmoid")
+    if sigmoid and learnable != "beta_gamma":
+        raise _fail("quantizer.sigmoid", sigmoid, "true only with quantizer.learnable=beta_gamma")
+    common = dict(estimator=estimator, estimator_kw=estimator_kw, learnable=learnable,
+                  sigmoid=sigmoid)
+    weight = act = None
+    if weight_bits is not None:
+        weight = QuantizerConfig(weight_bits, _flag(q, "weight.symmetric"),
+                                 _choice(q, "weight.granularity", WEIGHT_GRANULARITIES), **common)
+    if act_bits is not None:
+        granularity = _choice(q, "act.granularity", ACT_GRANULARITIES)
+        if granularity == "per_token":  # dynamic ranges: nothing to learn on the activation side
+            common.update(learnable="none", sigmoid=False)
+        act = QuantizerConfig(act_bits, _flag(q, "act.symmetric"), granularity, **common)
+    for side, config in (("weight", weight), ("act", act)):
+        try:  # the estimator's own knobs (percentile bounds, unknown names) are checked here
+            if config is not None:
+                config.build(axis=0)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"quantizer.estimator_kw={estimator_kw!r} is invalid for the "
+                             f"{side} quantizer: {e}") from e
+    sites = check_site_names(list(q.sites or []))
+    split = OmegaConf.select(q, "calibration.split")
+    if not isinstance(split, str) or not split:
+        raise _fail("quantizer.calibration.split", split, "a split name such as train")
+    return QuantSettings(weight, act, sites, split, _positive(q, "calibration.blocks"),
+                         _positive(q, "calibration.batch_size"),
+                         _positive(q, "calibration.outlier_top_channels"))
