@@ -17,8 +17,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from quadapter.data.corpora import load_text
-from quadapter.data.tokens import cached_encode
+from quadapter.data import eval_sets, token_ids
 from quadapter.evaluation import perplexity
 from quadapter.methods import RunContext, check_config, get_method
 from quadapter.methods.embedded_model import ensure_embedded_model
@@ -30,14 +29,6 @@ log = logging.getLogger(__name__)
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "quadapter"
-
-
-def eval_sets(cfg: DictConfig) -> dict[str, DictConfig]:
-    """The fine-tuning set's own held-out split first, then the configured held-out sets."""
-    sets = {cfg.dataset.name: cfg.dataset}
-    for spec in (cfg.eval.get("sets") or {}).values():
-        sets.setdefault(spec.name, spec)
-    return sets
 
 
 def device_for(accelerator: str) -> torch.device:
@@ -89,7 +80,7 @@ def run(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> dict[
         context = cfg.eval.context or model.config.n_positions
         stride = cfg.eval.stride or context
         for name, spec in eval_sets(cfg).items():
-            ids = cached_encode(load_text(spec, cfg.eval.split, data_dir), tokenizer, cache_dir)
+            ids = token_ids(spec, cfg.eval.split, tokenizer, data_dir, cache_dir)
             total = len(ids)
             if cfg.eval.max_tokens:
                 ids = ids[:cfg.eval.max_tokens]
@@ -102,7 +93,8 @@ def run(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> dict[
                 "scored_tokens": scored}
             log.info("test/%s/ppl = %.3f (%d tokens scored)", name, ppl, scored)
         timings["eval_s"] = round(time.perf_counter() - t, 3)
-        log_metrics(loggers, results["metrics"], step=0)
+        # after the training curves, so step-indexed dashboards keep the final point last
+        log_metrics(loggers, results["metrics"], step=ctx.summary.get("training", {}).get("steps", 0))
         results["status"] = "completed"
     except BaseException as e:
         results["status"] = "failed"

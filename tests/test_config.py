@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
-from quadapter.runner import eval_sets
+from quadapter.data import eval_sets
 from quadapter.tracking import config_hash
 
 GROUPS = sorted(d.name for d in CONF.iterdir() if d.is_dir())

@@ -17,7 +17,7 @@ from pytorch_lightning.loggers import Logger
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from quadapter.methods import fp, ptq
+from quadapter.methods import fp, ptq, qat
 
 
 @dataclass
@@ -35,8 +35,8 @@ class RunContext:
 
 
 Method = Callable[[RunContext], nn.Module]
-METHODS: dict[str, Method] = {"fp": fp.apply, "ptq": ptq.apply}
-CHECKS: dict[str, Callable[[DictConfig], None]] = {"ptq": ptq.check}
+METHODS: dict[str, Method] = {"fp": fp.apply, "ptq": ptq.apply, "qat": qat.apply}
+CHECKS: dict[str, Callable[[DictConfig], None]] = {"ptq": ptq.check, "qat": qat.check}
 
 
 def get_method(name: str) -> Method:

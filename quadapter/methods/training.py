@@ -1,0 +1,140 @@
+"""End-to-end training of a (quantized) LM with overfitting curves, shared by QAT and Quadapter.
+
+The curves are the point of the comparison: QAT on a small fine-tuning set improves its own
+held-out perplexity while the out-of-distribution sets degrade. So every ``val_check_interval``
+steps (and before the first step) the callback scores the running train perplexity and every
+held-out set with the one evaluator, and logs ``train/ppl`` and ``val/<set>/ppl`` against the global
+step — in W&B (Lightning's WandbLogger makes ``trainer/global_step`` the step metric, so the runs
+of a sweep overlay) and in the local CSV.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+
+from quadapter.data import token_ids
+from quadapter.data.corpora import DataError
+from quadapter.data.datamodule import LMDataModule
+from quadapter.evaluation import perplexity
+from quadapter.methods.lm_module import CausalLMModule
+
+log = logging.getLogger(__name__)
+
+
+class PerplexityCurves(Callback):
+    """Logs running train ppl and held-out ppl every ``every_n_steps`` optimizer steps."""
+
+    def __init__(self, sets: dict[str, torch.Tensor], context: int, stride: int, batch_size: int,
+                 every_n_steps: int):
+        self.sets, self.context, self.stride = sets, context, stride
+        self.batch_size, self.every_n_steps = batch_size, every_n_steps
+        self.history: list[dict[str, float]] = []
+        self._loss_sum, self._loss_count = 0.0, 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not any(row["step"] == trainer.global_step for row in self.history):
+            self._evaluate(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._loss_sum += float(outputs["loss"])
+        self._loss_count += 1
+        if trainer.global_step % self.every_n_steps == 0:
+            self._evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.history or self.history[-1]["step"] != trainer.global_step:
+            self._evaluate(trainer, pl_module)
+
+    def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        row: dict[str, float] = {"step": trainer.global_step}
+        if self._loss_count:
+            row["train/ppl"] = math.exp(self._loss_sum / self._loss_count)
+            self._loss_sum, self._loss_count = 0.0, 0
+        was_training = pl_module.training
+        pl_module.eval()
+        for name, ids in self.sets.items():
+            row[f"val/{name}/ppl"] = perplexity(pl_module.model, ids, self.context, self.stride,
+                                                self.batch_size)[0]
+        pl_module.train(was_training)
+        self.history.append(row)
+        for logger in trainer.loggers:
+            logger.log_metrics({k: v for k, v in row.items() if k != "step"}, step=trainer.global_step)
+        log.info("step %d: %s", trainer.global_step,
+                 ", ".join(f"{k}={v:.2f}" for k, v in row.items() if k != "step"))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict["history"])
+
+
+def heldout_curve_sets(ctx, sets: dict, context: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Token ids of every held-out set's curve split (``eval.val_split``, else its test split).
+
+    Local mirrors may lack a validation split (WikiText-2 raw, LAMBADA); then the curve uses the
+    test split and the summary says so, rather than the run failing.
+    """
+    cfg = ctx.cfg
+    out, used = {}, {}
+    for name, spec in sets.items():
+        for split in dict.fromkeys([cfg.eval.val_split, cfg.eval.split]):
+            try:
+                ids = token_ids(spec, split, ctx.tokenizer, cfg.paths.data_dir, ctx.cache_dir)
+            except DataError:
+                continue
+            out[name], used[name] = ids[: cfg.eval.val_max_tokens or None], split
+            break
+        else:
+            raise DataError(f"held-out set {name!r} has neither a {cfg.eval.val_split!r} nor a "
+                            f"{cfg.eval.split!r} split to draw its curve from")
+        if used[name] != cfg.eval.val_split:
+            log.warning("held-out set %s has no %s split: its curve uses %s", name,
+                        cfg.eval.val_split, used[name])
+    return out, used
+
+
+def train_lm(ctx, param_groups: list[dict], train_cfg, phase: str, eval_sets: dict) -> dict[str, Any]:
+    """Train ``ctx.model`` with ``param_groups`` on the fine-tuning set; returns the curve summary.
+
+    ``train_cfg`` holds steps, batch_size, warmup_steps and train_tokens (the fine-tuning data
+    size). Checkpoints go to ``<run dir>/checkpoints/<phase>``; a run restarted in the same dir
+    resumes from the last one.
+    """
+    cfg, model = ctx.cfg, ctx.model
+    context = cfg.eval.context or model.config.n_positions
+    train = token_ids(cfg.dataset, "train", ctx.tokenizer, cfg.paths.data_dir, ctx.cache_dir)
+    if train_cfg.train_tokens:
+        train = train[: train_cfg.train_tokens]
+    data = LMDataModule([train], block_size=context, batch_size=train_cfg.batch_size,
+                        num_samples=train_cfg.steps * train_cfg.batch_size, seed=cfg.seed)
+    curve_ids, curve_splits = heldout_curve_sets(ctx, eval_sets, context)
+    every = cfg.trainer.val_check_interval
+    curves = PerplexityCurves(curve_ids, context, cfg.eval.stride or context, cfg.eval.batch_size, every)
+    ckpt_dir = Path(ctx.run_dir) / "checkpoints" / phase
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=every,
+                                 save_top_k=0)
+    module = CausalLMModule(model, param_groups, total_steps=train_cfg.steps,
+                            warmup_steps=train_cfg.warmup_steps)
+    trainer = pl.Trainer(
+        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
+        precision=cfg.trainer.precision, max_steps=train_cfg.steps,
+        gradient_clip_val=cfg.trainer.gradient_clip_val, log_every_n_steps=cfg.trainer.log_every_n_steps,
+        enable_progress_bar=cfg.trainer.enable_progress_bar, enable_model_summary=False,
+        logger=ctx.loggers or False, default_root_dir=str(ctx.run_dir), limit_val_batches=0,
+        callbacks=[curves, checkpoint]
+        + ([LearningRateMonitor(logging_interval="step")] if ctx.loggers else [])
+        + ([TQDMProgressBar(refresh_rate=10)] if cfg.trainer.enable_progress_bar else []))
+    last = ckpt_dir / "last.ckpt"
+    model.train()  # dropout as in pretraining; the curve callback evaluates in eval mode
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    model.eval()
+    return {"phase": phase, "steps": train_cfg.steps, "train_tokens": len(train),
+            "curve_splits": curve_splits, "curves": curves.history}
