@@ -69,3 +69,12 @@ def test_every_value_has_a_comment(path):
         if line.lstrip().startswith("#") or not _VALUE_LINE.match(line):
             continue
         assert "#" in line, f"{path.relative_to(CONF)}:{no}: value without a comment: {line.strip()}"
+
+
+def test_readme_lists_every_group_option():
+    readme = (CONF.parent / "README.md").read_text()
+    rows = {line.split("|")[1].strip(" `"): line for line in readme.splitlines()
+            if line.startswith("| `")}
+    for group, option in OPTIONS:
+        assert group in rows, f"README's config table has no row for group {group}"
+        assert f"`{option}`" in rows[group], f"README does not list {group}={option}"
