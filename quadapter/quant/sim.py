@@ -86,6 +86,11 @@ class QuantizedLayer(nn.Module):
     it was built from, so a freed storage's address can never be mistaken for the old weight.
     Edits through ``.data`` bypass version counters (as for every autograd-visible cache): make
     them under ``torch.no_grad()`` on the parameter itself.
+
+    An optional ``input_scale`` (a module returning a positive per-input-channel α, Quadapter)
+    computes ``Q_a(x·α) @ Q_w(W/α)``: the inverse scale sits on the weight's input axis rather
+    than on the activation, so that folding α into the neighbours is exact even with the weight
+    quantized. Its tensors join the cache key, so a changed α recomputes the cached weight.
     """
 
     def __init__(
@@ -103,25 +108,59 @@ class QuantizedLayer(nn.Module):
         self._cached: Tensor | None = None
         # (tensor, its storage: pinned so that its address cannot be reused, data_ptr, version)
         self._cache_key: list[tuple[Tensor, Any, int, int]] = []
+        self.register_module("input_scale", None)  # None: no child, no state-dict keys
+        self.input_axis: int | None = None
+
+    def set_input_scale(self, scale: nn.Module | None, input_axis: int | None = None) -> None:
+        """Attach (or, with ``None``, drop) a per-input-channel scale α.
+
+        ``input_axis`` is the weight's input-channel axis (0 for HF Conv1D [in, out], 1 for
+        nn.Linear [out, in]); the site knows it, this wrapper does not.
+        """
+        if scale is not None and input_axis is None:
+            raise ValueError("set_input_scale needs the weight's input axis")
+        self.input_scale = scale
+        self.input_axis = input_axis if scale is not None else None
+        self._cached, self._cache_key = None, []
+
+    def scaled_weight(self, weight: Tensor, alpha: Tensor) -> Tensor:
+        """``weight`` with its input channels divided by ``alpha`` (also used by the fold)."""
+        shape = [1] * weight.dim()
+        shape[self.input_axis] = -1
+        return weight / alpha.view(shape)
 
     def forward(self, x: Tensor) -> Tensor:
+        alpha = None
+        if self.input_scale is not None:
+            alpha = self.input_scale()
+            x = x * alpha
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
-        return self.layer_forward(self.layer, x, self.quantized_weight())
+        return self.layer_forward(self.layer, x, self.quantized_weight(alpha))
 
-    def quantized_weight(self) -> Tensor:
+    def effective_weight(self, alpha: Tensor | None = None) -> Tensor:
+        """The weight the weight quantizer sees: ``W`` with input channels divided by α."""
+        if self.input_scale is None:
+            return self.layer.weight
+        return self.scaled_weight(self.layer.weight, self.input_scale() if alpha is None else alpha)
+
+    def quantized_weight(self, alpha: Tensor | None = None) -> Tensor:
+        """``alpha``: the input scale's current value when the caller already computed it."""
         weight, q = self.layer.weight, self.weight_quantizer
         if q is None or not q.enabled or q.calibrating:
+            weight = self.effective_weight(alpha)
             return weight if q is None else q(weight)
         tensors = [weight, *q.parameters(), *q.buffers()]
+        if self.input_scale is not None:
+            tensors += [*self.input_scale.parameters(), *self.input_scale.buffers()]
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
         if needs_grad or self.training or not self.cache_weight:
             self._cached, self._cache_key = None, []
-            return q(weight)
+            return q(self.effective_weight(alpha))
         if not self._cache_valid(tensors):
             # A plain tensor even under inference_mode, so it can also serve later training.
             with torch.inference_mode(False), torch.no_grad():
-                self._cached = q(weight)
+                self._cached = q(self.effective_weight(alpha))
             self._cache_key = [(t, t.untyped_storage(), t.data_ptr(), t._version) for t in tensors]
         return self._cached
 
@@ -132,7 +171,10 @@ class QuantizedLayer(nn.Module):
                    for t, (ref, _storage, ptr, version) in zip(tensors, self._cache_key))
 
     def extra_repr(self) -> str:
-        return "" if self.cache_weight else "cache_weight=False"
+        parts = [] if self.cache_weight else ["cache_weight=False"]
+        if self.input_axis is not None:
+            parts.append(f"input_axis={self.input_axis}")
+        return ", ".join(parts)
 
 
 def _quantize_output(module: nn.Module, args: tuple, output: Any) -> Any:
@@ -258,7 +300,7 @@ class QuantSim:
             q = wrapper.weight_quantizer
             if q is not None and q.enabled:
                 q.calibrate()
-                q(wrapper.layer.weight)
+                q(wrapper.effective_weight())  # W/α where an input scale is attached
                 q.freeze()
         acts = {name: q for name, q in self.activation_quantizers().items() if q.enabled}
         stats = {name: OutlierStats() for name in acts} if diagnostics else {}
