@@ -17,7 +17,7 @@ from pytorch_lightning.loggers import Logger
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from quadapter.methods import fp, ptq, qat
+from quadapter.methods import fp, ptq, qat, quadapter
 
 
 @dataclass
@@ -35,8 +35,10 @@ class RunContext:
 
 
 Method = Callable[[RunContext], nn.Module]
-METHODS: dict[str, Method] = {"fp": fp.apply, "ptq": ptq.apply, "qat": qat.apply}
-CHECKS: dict[str, Callable[[DictConfig], None]] = {"ptq": ptq.check, "qat": qat.check}
+METHODS: dict[str, Method] = {"fp": fp.apply, "ptq": ptq.apply, "qat": qat.apply,
+                              "quadapter": quadapter.apply}
+CHECKS: dict[str, Callable[[DictConfig], None]] = {"ptq": ptq.check, "qat": qat.check,
+                                                     "quadapter": quadapter.check}
 
 
 def get_method(name: str) -> Method:

@@ -1,0 +1,102 @@
+"""Quadapter (Park, You, Nagel, Chang, Findings of EMNLP 2022): learn only channel scales.
+
+A per-channel α before each configured activation quantizer (and 1/α in the consumer's weight)
+reshapes the activation so it quantizes well, while every model weight stays frozen — which is
+why it does not overfit the fine-tuning set the way QAT does. Two phases, each switchable:
+1. block-wise: per block, α minimizes the L2 between the quantized and the FP block output on
+   calibration inputs (``blockwise.reconstruct_blocks``);
+2. end-to-end: α trains on the LM loss (``training.train_lm``), with the overfitting curves.
+Finally α folds into the producers (LayerNorm γ/β, V columns) and the consumers' input rows, so
+inference costs nothing extra.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from quadapter.data import eval_sets
+from quadapter.methods import ptq
+from quadapter.methods.blockwise import capture_block_inputs, reconstruct_blocks, toggled
+from quadapter.methods.training import train_lm
+from quadapter.models.scale_sites import GPT2_SCALE_SITES, attach_scales, fold_scales
+from quadapter.tracking import log_metrics
+
+if TYPE_CHECKING:
+    from quadapter.methods import RunContext
+
+log = logging.getLogger(__name__)
+
+
+def check(cfg) -> None:
+    ptq.check(cfg, "quadapter")
+    sites = list(cfg.adapter.get("sites") or [])
+    if cfg.adapter.name != "quadapter" or not sites:
+        raise ValueError(f"method=quadapter needs adapter=quadapter with sites (got adapter="
+                         f"{cfg.adapter.name}); sites: {', '.join(GPT2_SCALE_SITES)}")
+    unknown = [s for s in sites if s not in GPT2_SCALE_SITES]
+    if unknown:
+        raise ValueError(f"adapter.sites has unknown {unknown}; allowed: {', '.join(GPT2_SCALE_SITES)}")
+
+
+def _range_params(sim, prefix: str = "") -> list[nn.Parameter]:
+    return [p for name, q in sim.activation_quantizers().items() if name.startswith(prefix)
+            for p in q.range_parameters()]
+
+
+def apply(ctx: RunContext) -> nn.Module:
+    cfg, method = ctx.cfg, ctx.cfg.method
+    sim = ptq.quantize(ctx, "quadapter")
+    model = ctx.model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    scales = attach_scales(sim, model, list(cfg.adapter.sites))
+    for scale in scales.values():
+        scale.to(ctx.device).requires_grad_(True)
+    if method.learn_ranges:
+        for p in _range_params(sim):
+            p.requires_grad_(True)
+    summary = ctx.summary.setdefault("quadapter", {"sites": list(cfg.adapter.sites)})
+
+    if method.blockwise.enabled:
+        bw = method.blockwise
+        loader, data = ptq.calibration_loader(ctx, ptq.quant_settings(cfg, "quadapter"))
+        batches = torch.cat(list(loader))
+        blocks = list(model.transformer.h)
+        names = [n for n, m in model.named_modules() if any(m is b for b in blocks)]
+        with toggled(sim.enable, False):
+            inputs, kwargs = capture_block_inputs(model, blocks, batches, bw.batch_size,
+                                                  bw.offload_dir and ctx.run_dir / bw.offload_dir)
+
+        def trainable(unit):
+            prefixes = [names[blocks.index(b)] + "." for b in unit]
+            alphas = [p for key, s in scales.items() if any(key.startswith(pf) for pf in prefixes)
+                      for p in s.parameters()]
+            ranges = [p for pf in prefixes for p in _range_params(sim, pf)] if method.learn_ranges else []
+            return [{"params": alphas, "lr": bw.lr}, {"params": ranges, "lr": bw.lr_ranges}]
+
+        report = reconstruct_blocks(blocks, inputs, kwargs, trainable,
+                                    lambda on: toggled(sim.enable, on), steps=bw.steps,
+                                    batch_size=bw.batch_size, seed=cfg.seed)
+        summary["blockwise"] = {"calibration": data, "steps": bw.steps, "units": report}
+        log_metrics(ctx.loggers, {f"phase1/block{r['unit']}/l2_{k}": r[f"l2_{k}"] for r in report
+                                  for k in ("before", "after")}, step=0)
+
+    if method.e2e.enabled:
+        groups = [{"name": "alpha", "params": [p for s in scales.values() for p in s.parameters()],
+                   "lr": method.lr.alpha, "weight_decay": 0.0},
+                  {"name": "ranges", "params": _range_params(sim) if method.learn_ranges else [],
+                   "lr": method.lr.ranges, "weight_decay": 0.0}]
+        ctx.summary["training"] = train_lm(ctx, groups, method.e2e, "e2e", eval_sets(cfg))
+
+    log_alpha = torch.cat([s.log_alpha.detach().flatten().cpu() for s in scales.values()])
+    summary["alpha"] = {"min": float(log_alpha.exp().min()), "max": float(log_alpha.exp().max()),
+                        "mean_abs_log": float(log_alpha.abs().mean())}
+    fold_scales(sim, model, scales)
+    summary["folded"] = True
+    log.info("quadapter: %d scales folded (alpha in [%.3g, %.3g])", len(scales),
+             summary["alpha"]["min"], summary["alpha"]["max"])
+    return model

@@ -1,0 +1,78 @@
+"""method=quadapter: only α learns, phase 1 lowers its L2, folding leaves a plain quantized model."""
+
+import pytest
+import torch
+from conftest import CONF, SMALL_OVERRIDES
+from hydra import compose, initialize_config_dir
+
+from quadapter.adapters import ChannelScale
+from quadapter.data import eval_sets
+from quadapter.evaluation import perplexity
+from quadapter.methods import RunContext, check_config, quadapter
+from quadapter.models.loading import load_model
+
+QUICK = [*SMALL_OVERRIDES, "method=quadapter", "bits=w8a4", "method.blockwise.steps=15",
+         "method.e2e.steps=4", "method.e2e.batch_size=4", "trainer.val_check_interval=2",
+         "eval.val_max_tokens=512", "quantizer.calibration.blocks=16",
+         "trainer.enable_progress_bar=false", "logger=csv"]
+
+
+def make_cfg(*overrides):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=[*QUICK, *overrides])
+
+
+def plain_weights(model):
+    """Model weights by their original names (QuantSim wrappers add a `.layer`)."""
+    return {n.replace(".layer.", "."): p.detach().clone() for n, p in model.named_parameters()
+            if "quantizer" not in n and "input_scale" not in n}
+
+
+@pytest.mark.parametrize("sites", [["ln1_qkv", "ln2_fc"], ["ln1_qkv", "ln2_fc", "v_proj"]])
+def test_only_alpha_learns_and_folding_is_exact(tmp_path, small_model_dir, isolated_env,
+                                               monkeypatch, sites):
+    cfg = make_cfg(f"adapter.sites=[{','.join(sites)}]")
+    model, tok = load_model(str(small_model_dir))
+    original = plain_weights(model)
+    ctx = RunContext(cfg=cfg, model=model, tokenizer=tok, run_dir=tmp_path, cache_dir=isolated_env)
+    ids = torch.randint(0, len(tok), (256,), generator=torch.Generator().manual_seed(0))
+    seen = {}
+    fold = quadapter.fold_scales
+
+    def checked_fold(sim, model, scales):
+        assert all(torch.equal(v, original[k]) for k, v in plain_weights(model).items())
+        assert any(not torch.equal(s.log_alpha, torch.zeros_like(s.log_alpha)) for s in scales.values())
+        model.eval()
+        seen["unfolded"] = perplexity(model, ids, 64, 64)[0]
+        fold(sim, model, scales)
+
+    monkeypatch.setattr(quadapter, "fold_scales", checked_fold)
+    folded = quadapter.apply(ctx)
+    assert not any(isinstance(m, ChannelScale) for m in folded.modules())
+    assert perplexity(folded, ids, 64, 64)[0] == pytest.approx(seen["unfolded"], rel=1e-4)
+    units = ctx.summary["quadapter"]["blockwise"]["units"]
+    assert len(units) == 2 and all(u["l2_after"] < u["l2_before"] for u in units)
+    assert [r["step"] for r in ctx.summary["training"]["curves"]] == [0, 2, 4]
+    changed = {k for k, v in plain_weights(folded).items() if not torch.equal(v, original[k])}
+    assert changed and all(".ln_" in k or "c_attn" in k or "c_fc" in k or "attn.c_proj" in k
+                           for k in changed)
+
+
+def test_model_weights_are_bit_identical_before_folding(tmp_path, small_model_dir, isolated_env,
+                                                       monkeypatch):
+    cfg = make_cfg()
+    model, tok = load_model(str(small_model_dir))
+    original = plain_weights(model)
+    monkeypatch.setattr(quadapter, "fold_scales", lambda sim, m, scales: None)
+    after = plain_weights(quadapter.apply(RunContext(cfg=cfg, model=model, tokenizer=tok,
+                                                     run_dir=tmp_path, cache_dir=isolated_env)))
+    assert after.keys() == original.keys()
+    assert all(torch.equal(after[k], original[k]) for k in original)
+
+
+def test_quadapter_config_errors_name_the_fix():
+    with pytest.raises(ValueError, match="adapter=quadapter"):
+        check_config(make_cfg("adapter=none"))
+    with pytest.raises(ValueError, match="ln1_qkv, ln2_fc, v_proj"):
+        check_config(make_cfg("adapter.sites=[ln1_qkv,mlp_out]"))
+    assert list(eval_sets(make_cfg())) == ["prose", "code"]
