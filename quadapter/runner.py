@@ -22,6 +22,7 @@ from quadapter.evaluation import perplexity
 from quadapter.methods import RunContext, check_config, get_method
 from quadapter.methods.embedded_model import ensure_embedded_model
 from quadapter.models.loading import load_model
+from quadapter.models.outliers import apply_outlier_profile
 from quadapter.tracking import build_loggers, close_loggers, config_hash, log_metrics, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,9 @@ def run(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> dict[
     data_dir = cfg.paths.data_dir
     results: dict[str, Any] = {
         "status": "running", "error": None, "run_name": cfg.run_name, "method": cfg.method.name,
-        "model": cfg.model.name, "bits": cfg.bits.name, "dataset": cfg.dataset.name,
+        "model": cfg.model.name,
+        "bits": "fp" if cfg.method.name == "fp" else cfg.bits.name,  # fp never quantizes
+        "dataset": cfg.dataset.name,
         "adapter": cfg.adapter.name, "quantizer": cfg.quantizer.name, "eval": cfg.eval.name,
         "seed": cfg.seed, "metrics": {}, "protocol": {}, "config_hash": config_hash(cfg),
         "timings": {}, "environment": {"python": platform.python_version(), "torch": torch.__version__},
@@ -67,6 +70,13 @@ def run(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> dict[
             OmegaConf.to_container(cfg.model.pretrain, resolve=True), cache_dir)
         model, tokenizer = load_model(str(model_path), cfg.model.tokenizer, cfg.model.dtype,
                                       cfg.model.trust_remote_code)
+        profile = cfg.model.get("outlier_profile")
+        if profile is not None:  # controlled setting: emulated outlier channels, labelled as such
+            results["outlier_profile"] = apply_outlier_profile(
+                model, OmegaConf.to_container(profile, resolve=True))
+            results["model"] = f"{cfg.model.name}+outliers"
+            log.info("controlled outlier profile: channels %s of ln_1/ln_2 x%g (FP function unchanged)",
+                     results["outlier_profile"]["channel_ids"], results["outlier_profile"]["factor"])
         timings["load_s"] = round(time.perf_counter() - start, 3)
 
         t = time.perf_counter()
@@ -109,8 +119,12 @@ def run(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> dict[
 
 def format_results(results: dict[str, Any]) -> str:
     """A short table of a run's test perplexities, for the terminal."""
-    lines = [f"{results['run_name']}: {results['status']}",
-             f"{'set':<14}{'ppl':>12}{'scored':>10}{'context':>9}{'stride':>8}"]
+    lines = [f"{results['run_name']}: {results['status']}"]
+    if results.get("outlier_profile"):
+        p = results["outlier_profile"]
+        lines.append(f"model {results['model']}: CONTROLLED setting, {p['channels']} emulated outlier "
+                     f"channels x{p['factor']:g} (seed {p['seed']})")
+    lines.append(f"{'set':<14}{'ppl':>12}{'scored':>10}{'context':>9}{'stride':>8}")
     for name, proto in results["protocol"].items():
         ppl = results["metrics"][f"test/{name}/ppl"]
         lines.append(f"{name:<14}{ppl:>12.3f}{proto['scored_tokens']:>10}{proto['context']:>9}"

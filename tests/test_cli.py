@@ -55,7 +55,7 @@ def test_default_run_records_results_csv_and_wandb_offline(tmp_path, small_model
 
 def test_multirun_sweep_gives_one_finished_run_per_combination(tmp_path, small_model_dir):
     sweep = tmp_path / "sweep"
-    quadapter("-m", *QUICK, "eval.stride=32,64", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    quadapter("-m", *QUICK, "compare=fp", "eval.stride=32,64", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     results = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
     assert [r["protocol"]["prose"]["stride"] for r in results] == [32, 64]
     assert all(r["status"] == "completed" for r in results)
@@ -67,7 +67,8 @@ def test_multirun_sweep_gives_one_finished_run_per_combination(tmp_path, small_m
     assert {r.run_group for r in runs} == {sweep.name} and runs[0].run_id != runs[1].run_id
     report = subprocess.run([sys.executable, "-c", "from quadapter.cli import report; report()",
                              str(sweep)], capture_output=True, text=True, check=True).stdout
-    assert report.count("| fp-fp-tiny-prose | completed |") == 2
+    assert report.count("| fp-tiny-prose | completed | fp | fp |") == 2
+    assert "| fp | fp |" in (sweep / "comparison.md").read_text()  # the sweep callback's table
 
 
 @needs_shared_data
