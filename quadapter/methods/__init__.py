@@ -32,6 +32,7 @@ class RunContext:
     loggers: list[Logger] = field(default_factory=list)
     summary: dict = field(default_factory=dict)  # method-specific entries for results.json
     device: torch.device = torch.device("cpu")  # where the run computes (calibration, training)
+    outlier_stats: dict = field(default_factory=dict)  # per-site OutlierStats of the last calibration
 
 
 Method = Callable[[RunContext], nn.Module]

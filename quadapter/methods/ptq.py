@@ -21,6 +21,8 @@ from quadapter.data.corpora import load_text
 from quadapter.data.datamodule import TokenBlocks
 from quadapter.data.tokens import cached_encode
 from quadapter.methods.quant_config import QuantSettings, quant_settings
+from quadapter.methods.smoothing import check_smoothquant, smooth
+from quadapter.models.scale_sites import fold_scales
 from quadapter.models.sites import quant_sites
 from quadapter.quant.diagnostics import OutlierStats
 from quadapter.quant.sim import QuantSim
@@ -37,6 +39,8 @@ OUTLIER_COLUMNS = ["site", "channels", "absmax", "median_absmax", "max_over_medi
 def check(cfg: DictConfig, method: str = "ptq") -> None:
     """Validate the quantization config; ``method`` names the caller (e.g. qat) in errors."""
     quant_settings(cfg, method)
+    if method == "ptq" and cfg.adapter.name == "smoothquant":
+        check_smoothquant(cfg.adapter, method)
 
 
 def calibration_loader(ctx: RunContext, settings: QuantSettings) -> tuple[DataLoader, dict]:
@@ -86,6 +90,7 @@ def quantize(ctx: RunContext, method: str = "ptq") -> QuantSim:
     record["calibration"].update(data)
     ctx.summary["quantization"] = {**record, "quantized_layers": list(sim.layers),
                                    "quantized_outputs": list(sim.outputs)}
+    ctx.outlier_stats = stats
     ctx.summary["outliers"] = outlier_report(stats, settings.outlier_top_channels, ctx.loggers)
     log.info("%s: %d layers and %d outputs quantized (%s), calibrated on %d tokens in %.1f s",
              method, len(sim.layers), len(sim.outputs), ctx.cfg.bits.name, data["tokens"],
@@ -94,4 +99,11 @@ def quantize(ctx: RunContext, method: str = "ptq") -> QuantSim:
 
 
 def apply(ctx: RunContext) -> nn.Module:
-    return quantize(ctx).model
+    """PTQ; with ``adapter=smoothquant``, SmoothQuant scales are attached, the ranges re-calibrated
+    with them in place, and the scales folded into the producers and consumers."""
+    sim = quantize(ctx)
+    if ctx.cfg.adapter.name == "smoothquant":
+        sites = list(ctx.cfg.adapter.sites)
+        fold_scales(sim, ctx.model, smooth(ctx, sim, sites, ctx.cfg.adapter.migration, "ptq"))
+        ctx.summary["smoothquant"]["folded"] = True
+    return sim.model

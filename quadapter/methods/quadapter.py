@@ -21,6 +21,7 @@ from torch import nn
 from quadapter.data import eval_sets
 from quadapter.methods import ptq
 from quadapter.methods.blockwise import capture_block_inputs, reconstruct_blocks, toggled
+from quadapter.methods.smoothing import check_smoothquant, smooth
 from quadapter.methods.training import train_lm
 from quadapter.models.scale_sites import GPT2_SCALE_SITES, attach_scales, fold_scales
 from quadapter.tracking import log_metrics
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from quadapter.methods import RunContext
 
 log = logging.getLogger(__name__)
+INITS = ("ones", "smoothquant")  # adapter.init: α = 1, or SmoothQuant's α from calibration ranges
 
 
 def check(cfg) -> None:
@@ -40,6 +42,11 @@ def check(cfg) -> None:
     unknown = [s for s in sites if s not in GPT2_SCALE_SITES]
     if unknown:
         raise ValueError(f"adapter.sites has unknown {unknown}; allowed: {', '.join(GPT2_SCALE_SITES)}")
+    init = cfg.adapter.get("init", "ones")
+    if init not in INITS:
+        raise ValueError(f"adapter.init={init!r} is invalid; allowed: {', '.join(INITS)}")
+    if init == "smoothquant":
+        check_smoothquant(cfg.adapter, "quadapter")
 
 
 def _range_params(sim, prefix: str = "") -> list[nn.Parameter]:
@@ -53,13 +60,17 @@ def apply(ctx: RunContext) -> nn.Module:
     model = ctx.model
     for p in model.parameters():
         p.requires_grad_(False)
-    scales = attach_scales(sim, model, list(cfg.adapter.sites))
+    if cfg.adapter.get("init", "ones") == "smoothquant":  # SmoothQuant α, ranges re-calibrated
+        scales = smooth(ctx, sim, list(cfg.adapter.sites), cfg.adapter.migration, "quadapter")
+    else:
+        scales = attach_scales(sim, model, list(cfg.adapter.sites))
     for scale in scales.values():
         scale.to(ctx.device).requires_grad_(True)
     if method.learn_ranges:
         for p in _range_params(sim):
             p.requires_grad_(True)
-    summary = ctx.summary.setdefault("quadapter", {"sites": list(cfg.adapter.sites)})
+    summary = ctx.summary.setdefault("quadapter", {"sites": list(cfg.adapter.sites),
+                                                   "init": cfg.adapter.get("init", "ones")})
 
     if method.blockwise.enabled:
         bw = method.blockwise

@@ -12,7 +12,7 @@ Consumers must be ``QuantizedLayer``s of the given ``QuantSim`` (default sites w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -103,19 +103,33 @@ def _consumer(sim: QuantSim, name: str) -> QuantizedLayer:
     return layer
 
 
+def site_consumers(sim: QuantSim, model: nn.Module, names: Sequence[str]) -> dict[str, tuple[str, QuantizedLayer]]:
+    """``<block>.<site>`` -> (the consumer's name in ``sim.layers``, the consumer), validated."""
+    sites = {name: _site(name) for name in names}  # validate all before changing anything
+    return {f"{b}.{n}": (f"{b}.{s.consumer}", _consumer(sim, f"{b}.{s.consumer}"))
+            for b in _blocks(model) for n, s in sites.items()}
+
+
+def input_axis(layer: QuantizedLayer) -> int:
+    """Input-channel axis of a consumer's weight (0: Conv1D [in, out], 1: nn.Linear [out, in])."""
+    return _input_axis(_unwrap(layer))
+
+
 def attach_scales(
-    sim: QuantSim, model: nn.Module, names: Sequence[str], init: Tensor | None = None
+    sim: QuantSim, model: nn.Module, names: Sequence[str],
+    init: Tensor | Mapping[str, Tensor] | None = None,
 ) -> dict[str, ChannelScale]:
     """A ``ChannelScale`` at every named site of every block, keyed ``<block>.<site>``.
 
-    ``init``: optional positive α for every scale (d_model values); default α = 1.
+    ``init``: optional positive α, one tensor for every scale or a tensor per key (e.g.
+    SmoothQuant's); default α = 1.
     """
-    sites = {name: _site(name) for name in names}  # validate all before changing anything
-    blocks = _blocks(model)
-    consumers = {f"{b}.{n}": _consumer(sim, f"{b}.{s.consumer}")
-                 for b in blocks for n, s in sites.items()}
-    return {key: attach_scale(layer, _input_axis(layer.layer), init)
-            for key, layer in consumers.items()}
+    consumers = site_consumers(sim, model, names)
+    if isinstance(init, Mapping) and set(init) != set(consumers):
+        raise ValueError(f"init has scales for {sorted(init)}, the sites are {sorted(consumers)}")
+    return {key: attach_scale(layer, _input_axis(layer.layer),
+                              init[key] if isinstance(init, Mapping) else init)
+            for key, (_, layer) in consumers.items()}
 
 
 def fold_scales(sim: QuantSim, model: nn.Module, scales: dict[str, ChannelScale]) -> None:
