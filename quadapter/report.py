@@ -58,6 +58,12 @@ def format_table(rows: list[dict[str, Any]], fmt: str = "markdown") -> str:
     return "\n".join(lines)
 
 
+def method_label(result: dict[str, Any]) -> str:
+    """``ptq+smoothquant``: the method, and its adapter where that is not implied by the method."""
+    adapter = result.get("adapter", "none")
+    return result["method"] if adapter in ("none", result["method"]) else f"{result['method']}+{adapter}"
+
+
 def comparison_table(results: list[dict[str, Any]]) -> str:
     """Methods as rows, held-out sets as columns (the in-distribution set first, marked ID)."""
     done = [r for r in results if r.get("status") == "completed"]
@@ -70,7 +76,7 @@ def comparison_table(results: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in done:
         cells = [f"{r['metrics'].get(f'test/{s}/ppl', float('nan')):.2f}" for s in sets]
-        lines.append("| " + " | ".join([r["method"], r["bits"], *cells]) + " |")
+        lines.append("| " + " | ".join([method_label(r), r["bits"], *cells]) + " |")
     failed = [r["run_name"] for r in results if r.get("status") != "completed"]
     if failed:
         lines.append(f"\nnot completed: {', '.join(failed)}")
@@ -93,7 +99,7 @@ def plot_curves(results: list[dict[str, Any]], out: Path) -> bool:
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, r in enumerate(runs):
         curves, colour = r["training"]["curves"], colours[i % len(colours)]
-        label = f"{r['method']} {r['bits']}"
+        label = f"{method_label(r)} {r['bits']}"
         for ax, s in zip(axes[0], sets):
             pts = [(row["step"], row[f"val/{s}/ppl"]) for row in curves if f"val/{s}/ppl" in row]
             ax.plot(*zip(*pts), "-o", color=colour, label=f"{label} held-out", markersize=3)

@@ -114,3 +114,22 @@ def test_help_lists_every_group_and_option(tmp_path):
     for group in [d for d in conf.iterdir() if d.is_dir()]:
         options = ", ".join(sorted(p.stem for p in group.glob("*.yaml")))
         assert f"{group.name}: {options}" in out
+
+
+def test_default_comparison_sweep_writes_table_plot_and_curves(tmp_path, small_model_dir):
+    sweep = tmp_path / "cmp"
+    out = quadapter("-m", *SMALL_OVERRIDES, "eval.max_tokens=2000", "eval.val_max_tokens=512",
+                    "++method.train.steps=4", "++method.e2e.steps=4", "++method.blockwise.steps=5",
+                    "trainer.val_check_interval=2", "++quantizer.calibration.blocks=8",
+                    f"hydra.sweep.dir={sweep}", cwd=tmp_path).stdout
+    table = (sweep / "comparison.md").read_text()
+    for label in ("ptq", "ptq+smoothquant", "qat", "quadapter"):
+        assert f"| {label} | w8a3 |" in table
+    assert table.count("| w8a3 |") == 4 and "| fp | fp |" in table and "prose (ID)" in table
+    assert "comparison.md" in out and (sweep / "curves.png").stat().st_size > 10_000
+    runs = {json.loads(p.read_text())["run_name"]: p.parent for p in sweep.glob("*/results.json")}
+    assert len(runs) == 5
+    for name in ("qat-w8a3-tiny-prose", "quadapter-w8a3-tiny-prose"):
+        logged = history(wandb_file(runs[name]))
+        keys = {k for row in logged for k in row}
+        assert {"train/ppl", "val/prose/ppl", "val/code/ppl", "test/prose/ppl"} <= keys
