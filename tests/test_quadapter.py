@@ -1,5 +1,7 @@
 """method=quadapter: only α learns, phase 1 lowers its L2, folding leaves a plain quantized model."""
 
+import json
+
 import pytest
 import torch
 from conftest import CONF, SMALL_OVERRIDES
@@ -53,6 +55,16 @@ def test_only_alpha_learns_and_folding_is_exact(tmp_path, small_model_dir, isola
     units = ctx.summary["quadapter"]["blockwise"]["units"]
     assert len(units) == 2 and all(u["l2_after"] < u["l2_before"] for u in units)
     assert [r["step"] for r in ctx.summary["training"]["curves"]] == [0, 2, 4]
+    saved = tmp_path / "folded"
+    reloaded, _ = load_model(str(saved))
+    quantizers = [m for n, m in folded.named_modules() if n.endswith("_quantizer")]
+    for q in quantizers:
+        q.disable()
+    with torch.no_grad():  # the saved checkpoint is the folded model, quantizers aside
+        window = ids[None, :64]
+        assert torch.allclose(reloaded(window).logits, folded(window).logits, atol=1e-5)
+    encodings = json.loads((saved / "quantizer_encodings.json").read_text())
+    assert len(encodings) == len(quantizers) and all(e["bits"] in (4, 8) for e in encodings.values())
     changed = {k for k, v in plain_weights(folded).items() if not torch.equal(v, original[k])}
     assert changed and all(".ln_" in k or "c_attn" in k or "c_fc" in k or "attn.c_proj" in k
                            for k in changed)

@@ -12,7 +12,9 @@ inference costs nothing extra.
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -52,6 +54,21 @@ def check(cfg) -> None:
 def _range_params(sim, prefix: str = "") -> list[nn.Parameter]:
     return [p for name, q in sim.activation_quantizers().items() if name.startswith(prefix)
             for p in q.range_parameters()]
+
+
+def save_folded(sim, model: nn.Module, tokenizer, out: Path) -> Path:
+    """The folded model as a plain HF checkpoint plus every quantizer's encodings (JSON).
+
+    Loading ``out`` with ``save_pretrained``'s counterpart gives the FP model with α folded in;
+    ``quantizer_encodings.json`` holds the grid (bits, scale, zero point) each site uses.
+    """
+    plain = {key.replace(".layer.", "."): value for key, value in model.state_dict().items()
+             if "quantizer" not in key}
+    model.save_pretrained(str(out), state_dict=plain)
+    tokenizer.save_pretrained(str(out))
+    encodings = {name: q.encodings() for name, q in sim.quantizers().items()}
+    (out / "quantizer_encodings.json").write_text(json.dumps(encodings, indent=1))
+    return out
 
 
 def apply(ctx: RunContext) -> nn.Module:
@@ -108,6 +125,8 @@ def apply(ctx: RunContext) -> nn.Module:
                         "mean_abs_log": float(log_alpha.abs().mean())}
     fold_scales(sim, model, scales)
     summary["folded"] = True
+    if method.save_folded:
+        summary["saved"] = str(save_folded(sim, model, ctx.tokenizer, ctx.run_dir / "folded"))
     log.info("quadapter: %d scales folded (alpha in [%.3g, %.3g])", len(scales),
              summary["alpha"]["min"], summary["alpha"]["max"])
     return model
