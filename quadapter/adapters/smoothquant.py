@@ -9,7 +9,6 @@ then be folded exactly like Quadapter's (or serve as Quadapter's initialization)
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import pytorch_lightning as pl
-import torch
 from filelock import FileLock
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger

@@ -76,7 +76,7 @@ class PerplexityCurves(Callback):
         self.history = list(state_dict["history"])
 
 
-def heldout_curve_sets(ctx, sets: dict, context: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def heldout_curve_sets(ctx, sets: dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Token ids of every held-out set's curve split (``eval.val_split``, else its test split).
 
     Local mirrors may lack a validation split (WikiText-2 raw, LAMBADA); then the curve uses the
@@ -115,7 +115,7 @@ def train_lm(ctx, param_groups: list[dict], train_cfg, phase: str, eval_sets: di
         train = train[: train_cfg.train_tokens]
     data = LMDataModule([train], block_size=context, batch_size=train_cfg.batch_size,
                         num_samples=train_cfg.steps * train_cfg.batch_size, seed=cfg.seed)
-    curve_ids, curve_splits = heldout_curve_sets(ctx, eval_sets, context)
+    curve_ids, curve_splits = heldout_curve_sets(ctx, eval_sets)
     every = cfg.trainer.val_check_interval
     curves = PerplexityCurves(curve_ids, context, cfg.eval.stride or context, cfg.eval.batch_size, every)
     ckpt_dir = Path(ctx.run_dir) / "checkpoints" / phase
