@@ -67,7 +67,7 @@ def test_alpha_one_with_quantizers_off_is_identity():
 def test_random_alpha_with_quantizers_off_is_identity(linear):
     model = odd_gpt2()
     if linear:
-        from tests.test_quantsim import linearized  # nn.Linear weights: input axis 1
+        from test_quantsim import linearized  # nn.Linear weights: input axis 1
         model = linearized(model)
     ids = batches(1)[0]
     reference = logits(model, ids)
