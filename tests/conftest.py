@@ -54,3 +54,20 @@ def random_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("random-gpt2")
     GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=128)).save_pretrained(out)
     return out
+
+
+@pytest.fixture()
+def crash_training(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Make every LM training step raise at global step ``crash["at"]`` (-1: never)."""
+    from quadapter.methods.lm_module import CausalLMModule
+
+    crash = {"at": -1}
+    original = CausalLMModule.training_step
+
+    def flaky_step(self, batch, batch_idx):
+        if self.global_step == crash["at"]:
+            raise RuntimeError("simulated crash")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(CausalLMModule, "training_step", flaky_step)
+    return crash

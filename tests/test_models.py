@@ -59,17 +59,10 @@ def test_embedded_model_is_cached_and_reused(small_model_dir, isolated_env, monk
     assert embedded_model.embedded_model_dir(other, isolated_env) != small_model_dir
 
 
-def test_interrupted_pretraining_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+def test_interrupted_pretraining_resumes_from_its_checkpoint(tmp_path, monkeypatch, crash_training):
     spec = dict(SMALL_SPEC, steps=12, checkpoint_every=5)
-    original = embedded_model.CausalLMModule.training_step
-    crash = {"at": 7}
-
-    def flaky_step(self, batch, batch_idx):
-        if self.global_step == crash["at"]:
-            raise RuntimeError("simulated crash")
-        return original(self, batch, batch_idx)
-
-    monkeypatch.setattr(embedded_model.CausalLMModule, "training_step", flaky_step)
+    crash = crash_training
+    crash["at"] = 7
     with pytest.raises(RuntimeError, match="simulated crash"):
         embedded_model.ensure_embedded_model(spec, tmp_path)
     partial = embedded_model.embedded_model_dir(spec, tmp_path).with_name(

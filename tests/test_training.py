@@ -56,17 +56,10 @@ def test_qat_run_records_curves_in_results_and_csv(tmp_path, small_model_dir):
 
 
 def test_interrupted_training_resumes_from_its_last_checkpoint(tmp_path, small_model_dir,
-                                                              isolated_env, monkeypatch):
+                                                              isolated_env, crash_training):
     cfg = make_cfg()
-    original = lm_module.CausalLMModule.training_step
-    crash = {"at": 4}
-
-    def flaky(self, batch, batch_idx):
-        if self.global_step == crash["at"]:
-            raise RuntimeError("simulated crash")
-        return original(self, batch, batch_idx)
-
-    monkeypatch.setattr(lm_module.CausalLMModule, "training_step", flaky)
+    crash = crash_training
+    crash["at"] = 4
 
     def attempt():
         ctx = context(cfg, small_model_dir, tmp_path, isolated_env)

@@ -17,9 +17,8 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from quadapter.data.corpora import load_text
+from quadapter.data import token_ids
 from quadapter.data.datamodule import TokenBlocks
-from quadapter.data.tokens import cached_encode
 from quadapter.methods.quant_config import QuantSettings, quant_settings
 from quadapter.methods.smoothing import check_smoothquant, smooth
 from quadapter.models.scale_sites import fold_scales
@@ -46,9 +45,9 @@ def check(cfg: DictConfig, method: str = "ptq") -> None:
 def calibration_loader(ctx: RunContext, settings: QuantSettings) -> tuple[DataLoader, dict]:
     """Seeded random blocks of the model's context length, and what they were (for results)."""
     cfg, split = ctx.cfg, settings.calibration_split
-    text = load_text(cfg.dataset, split, cfg.paths.data_dir)
     block_size = ctx.model.config.n_positions
-    blocks = TokenBlocks(cached_encode(text, ctx.tokenizer, ctx.cache_dir), block_size)
+    ids = token_ids(cfg.dataset, split, ctx.tokenizer, cfg.paths.data_dir, ctx.cache_dir)
+    blocks = TokenBlocks(ids, block_size)
     n = min(settings.calibration_blocks, len(blocks))
     if n < settings.calibration_blocks:
         log.warning("calibration: %s/%s holds only %d blocks of %d tokens, not %d",
