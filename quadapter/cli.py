@@ -1,8 +1,7 @@
-"""Command-line entry points: ``quadapter`` (the Hydra app) and ``quadapter-report``."""
+"""The ``quadapter`` command: the Hydra app (``quadapter-report`` lives in ``quadapter.report``)."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -35,26 +34,6 @@ def app(cfg: DictConfig) -> float | None:
     print(f"results: {Path(hc.runtime.output_dir) / 'results.json'}")
     metrics = results["metrics"]
     return metrics.get(f"test/{cfg.dataset.name}/ppl")  # the objective of Hydra sweepers
-
-
-def report(argv: list[str] | None = None) -> int:
-    from quadapter.report import collect, format_table
-
-    parser = argparse.ArgumentParser(prog="quadapter-report",
-                                     description="Tabulate the results.json of runs and sweeps.")
-    parser.add_argument("paths", nargs="+", type=Path, help="run or sweep directories")
-    parser.add_argument("--format", choices=["markdown", "csv"], default="markdown")
-    args = parser.parse_args(argv)
-    missing = [str(p) for p in args.paths if not p.exists()]
-    if missing:
-        print(f"quadapter-report: no such path: {', '.join(missing)}", file=sys.stderr)
-        return 2
-    rows = collect(args.paths)
-    if not rows:
-        print(f"no results.json under {', '.join(map(str, args.paths))}", file=sys.stderr)
-        return 1
-    print(format_table(rows, args.format))
-    return 0
 
 
 if __name__ == "__main__":

@@ -7,10 +7,12 @@ held-out perplexity over training steps, one colour per method) into the sweep d
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +133,21 @@ class SweepReport(Callback):
         plotted = plot_curves(results, sweep_dir / "curves.png")
         print(f"\n{table}\n\ntable: {sweep_dir / 'comparison.md'}"
               + (f"\ncurves: {sweep_dir / 'curves.png'}" if plotted else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="quadapter-report",
+                                     description="Tabulate the results.json of runs and sweeps.")
+    parser.add_argument("paths", nargs="+", type=Path, help="run or sweep directories")
+    parser.add_argument("--format", choices=["markdown", "csv"], default="markdown")
+    args = parser.parse_args(argv)
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:
+        print(f"quadapter-report: no such path: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    rows = collect(args.paths)
+    if not rows:
+        print(f"no results.json under {', '.join(map(str, args.paths))}", file=sys.stderr)
+        return 1
+    print(format_table(rows, args.format))
+    return 0

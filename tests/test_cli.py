@@ -65,7 +65,7 @@ def test_multirun_sweep_gives_one_finished_run_per_combination(tmp_path, small_m
     runs = [next(r.run for r in records(wandb_file(d)) if r.WhichOneof("record_type") == "run")
             for d in sorted(p.parent for p in sweep.glob("*/results.json"))]
     assert {r.run_group for r in runs} == {sweep.name} and runs[0].run_id != runs[1].run_id
-    report = subprocess.run([sys.executable, "-c", "from quadapter.cli import report; report()",
+    report = subprocess.run([sys.executable, "-c", "from quadapter.report import main; main()",
                              str(sweep)], capture_output=True, text=True, check=True).stdout
     assert report.count("| fp-tiny-prose | completed | fp | fp |") == 2
     assert "| fp | fp |" in (sweep / "comparison.md").read_text()  # the sweep callback's table

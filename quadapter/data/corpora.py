@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from quadapter.data.embedded import embedded_documents
+from quadapter.errors import UserError
 
 LOCAL_FORMATS = ("wikitext", "lines", "jsonl")
 SOURCES = ("auto", "embedded", "local", "hub")
 
 
-class DataError(RuntimeError):
+class DataError(UserError):
     """A dataset or split that cannot be loaded, with a message that says how to fix it."""
 
 

@@ -8,8 +8,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2TokenizerFast, PreTrainedModel
 from transformers import PreTrainedTokenizerBase
 
+from quadapter.errors import UserError
 
-class ModelError(RuntimeError):
+
+class ModelError(UserError):
     """A model or tokenizer that cannot be loaded, with a message that says how to fix it."""
 
 
