@@ -1,0 +1,72 @@
+"""Overfitting curves: train perplexity against each held-out set's perplexity over training steps.
+
+One panel per held-out set, one colour per method (runs that differ only in seed share it), solid
+lines for the held-out set, dashed for train: a held-out curve that turns up while train keeps
+falling is overfitting to the fine-tuning set. Curves come from ``results.json``
+(``training.curves``), or from the run's ``csv/metrics.csv`` when the run was interrupted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from quadapter.report.load import IDENTITY, Run
+
+_VARY = tuple(f for f in IDENTITY if f not in ("method", "adapter", "seed", "run_name"))
+
+
+def run_labels(runs: list[Run]) -> list[str]:
+    """The method, plus whatever tells runs of one method apart (bits, model, ...), but not the seed."""
+    labels = []
+    for r in runs:
+        same = [x for x in runs if x.field("method") == r.field("method")]
+        varying = [f for f in _VARY if len({x.field(f) for x in same}) > 1]
+        label = " ".join([r.field("method"), *(r.field(f) for f in varying)])
+        labels.append(label + ("" if r.status == "completed" else f" ({r.status})"))
+    return labels
+
+
+def plot_curves(runs: list[Run], out: Path | None = None) -> Figure | None:
+    """The curves of every run that has them, saved to ``out``; None (and no file) if none has."""
+    with_curves = [(r, c) for r in runs if not r.problem for c in [r.curves()] if c]
+    if not with_curves:
+        return None
+    curves_of = [c for _, c in with_curves]
+    plotted = [r for r, _ in with_curves]
+    sets = list(dict.fromkeys(k.split("/")[1] for c in curves_of for row in c for k in row
+                              if k.startswith("val/") and k.endswith("/ppl")))
+    datasets = [r.result.get("dataset") for r in plotted]
+    if not sets:
+        return None
+    sets.sort(key=lambda s: s not in datasets)  # in-distribution panels first
+    fig = Figure(figsize=(5.5 * len(sets), 4.2))
+    axes = fig.subplots(1, len(sets), squeeze=False)[0]
+    colour_cycle = [f"C{i}" for i in range(10)]
+    labels = run_labels(plotted)
+    colours = {lab: colour_cycle[i % 10] for i, lab in enumerate(dict.fromkeys(labels))}
+    for curves, label in zip(curves_of, labels, strict=True):
+        train = [(p["step"], p["train/ppl"]) for p in curves if p.get("train/ppl") is not None]
+        for ax, s in zip(axes, sets, strict=True):
+            val = [(p["step"], p[f"val/{s}/ppl"]) for p in curves if p.get(f"val/{s}/ppl") is not None]
+            if val:
+                ax.plot(*zip(*val, strict=True), "-o", color=colours[label], markersize=3, label=f"{label} held-out")
+            if train:
+                ax.plot(*zip(*train, strict=True), "--", color=colours[label], alpha=0.8, label=f"{label} train")
+    for ax, s in zip(axes, sets, strict=True):
+        where = ("in-distribution" if all(d == s for d in datasets)
+                 else "out-of-distribution" if s not in datasets else "held-out")
+        ax.set(title=f"{s} ({where})", xlabel="step", ylabel="perplexity")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        values = [y for line in ax.get_lines() for y in line.get_ydata()]
+        if values and min(values) > 0 and max(values) / min(values) > 10:
+            ax.set_yscale("log")
+        handles = {h.get_label(): h for h in ax.get_lines()}  # seeds share a label: one entry
+        ax.legend(handles.values(), handles.keys(), fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    if out is not None:
+        fig.savefig(out, dpi=120)
+    return fig
