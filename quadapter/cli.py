@@ -1,8 +1,15 @@
-"""The ``quadapter`` command: the Hydra app (``quadapter-report`` lives in ``quadapter.report``)."""
+"""The ``quadapter`` command: the Hydra app (``quadapter-report`` lives in ``quadapter.report``).
+
+Errors a user can fix (``UserError``: config, data, model, non-finite training) print one message,
+no traceback (``HYDRA_FULL_ERROR=1`` shows it). In a sweep a failed run does not stop the others:
+it is recorded as failed in its ``results.json``, the sweep report lists it, and the command exits
+non-zero at the end. SIGINT/SIGTERM stop the run (and the sweep) resumably.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +20,7 @@ from omegaconf import DictConfig
 
 # The configs are the interface users edit, so they stay in the checkout's conf/ (editable install).
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM = 1, 130, 143
 
 log = logging.getLogger("quadapter")
 
@@ -20,20 +28,43 @@ log = logging.getLogger("quadapter")
 def main() -> None:
     if not Path(CONFIG_DIR).is_dir():
         sys.exit(f"quadapter: no config dir at {CONFIG_DIR}; install from a checkout: pip install -e .")
+    from quadapter.resume import incomplete_runs
+
     app()
+    if incomplete_runs:  # filled after a sweep by resume.SweepExitStatus
+        print(f"quadapter: {len(incomplete_runs)} run(s) of the sweep did not complete: "
+              f"{', '.join(incomplete_runs)}", file=sys.stderr)
+        sys.exit(EXIT_FAILED)
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def app(cfg: DictConfig) -> float | None:
+    from quadapter.errors import RunInterrupted, UserError
     from quadapter.runner import format_results, run
 
     hc = HydraConfig.get()
-    group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
-    results = run(cfg, hc.runtime.output_dir, group=group)
+    multirun = hc.mode == RunMode.MULTIRUN
+    run_dir = Path(hc.runtime.output_dir)
+    try:
+        results = run(cfg, run_dir, group=Path(hc.sweep.dir).name if multirun else None)
+    except RunInterrupted as e:
+        print(f"quadapter: interrupted: {e}\nre-run the same command to resume (results so far: "
+              f"{run_dir / 'results.json'})", file=sys.stderr)
+        sys.exit(EXIT_SIGINT if e.signal_name == "SIGINT" else EXIT_SIGTERM)
+    except Exception as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (isinstance(e, UserError) or multirun):
+            raise  # a bug: keep the traceback
+        if isinstance(e, UserError):
+            print(f"quadapter: error: {e}", file=sys.stderr)
+        else:
+            log.exception("run %s failed", run_dir)
+        print(f"results: {run_dir / 'results.json'}", file=sys.stderr)
+        if multirun:
+            return None  # the sweep goes on; its report and exit status list this run
+        sys.exit(EXIT_FAILED)
     print(format_results(results))
-    print(f"results: {Path(hc.runtime.output_dir) / 'results.json'}")
-    metrics = results["metrics"]
-    return metrics.get(f"test/{cfg.dataset.name}/ppl")  # the objective of Hydra sweepers
+    print(f"results: {run_dir / 'results.json'}")
+    return results["metrics"].get(f"test/{cfg.dataset.name}/ppl")  # the objective of Hydra sweepers
 
 
 if __name__ == "__main__":

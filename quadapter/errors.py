@@ -13,3 +13,15 @@ class UserError(RuntimeError):
 
 class ConfigError(UserError, ValueError):
     """A composed config value that is wrong: names the key, the bad value and the allowed values."""
+
+
+class TrainingError(UserError):
+    """A run that cannot go on (non-finite loss or perplexity): names the step, the value and what to try."""
+
+
+class RunInterrupted(Exception):
+    """SIGINT/SIGTERM stopped a run; its checkpoints stay, so re-running the same command resumes it."""
+
+    def __init__(self, message: str, signal_name: str = "SIGTERM"):
+        super().__init__(message)
+        self.signal_name = signal_name

@@ -7,8 +7,8 @@ of Hydra's global state so tests and notebooks can call it directly.
 from __future__ import annotations
 
 import logging
+import math
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -18,12 +18,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from quadapter.data import eval_sets, token_ids
+from quadapter.errors import RunInterrupted, TrainingError
 from quadapter.evaluation import perplexity
+from quadapter.interrupts import interruptible
 from quadapter.methods import RunContext, check_config, get_method
 from quadapter.methods.embedded_model import ensure_embedded_model
 from quadapter.models.loading import load_model
 from quadapter.models.outliers import apply_outlier_profile
-from quadapter.tracking import build_loggers, close_loggers, config_hash, log_metrics, write_json_atomic
+from quadapter.resume import decide, previous_results
+from quadapter.tracking import (build_loggers, close_loggers, config_hash, environment, log_metrics,
+                                write_json_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +43,24 @@ def device_for(accelerator: str) -> torch.device:
 
 
 def run(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> dict[str, Any]:
-    """Execute one composed config; returns the dict written to ``run_dir/results.json``."""
+    """Execute one composed config; returns the dict written to ``run_dir/results.json``.
+
+    A dir that already holds results is handled by the resume rule (``quadapter.resume``): a
+    completed run is returned as it is, an interrupted one resumes from its checkpoints.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    results_path = run_dir / "results.json"
+    previous = previous_results(results_path)
+    action = decide(previous, config_hash(cfg), run_dir, cfg.resume.skip_completed,
+                    cfg.resume.rerun_failed)
+    if action == "skip":
+        if previous["status"] == "failed":
+            log.warning("%s failed earlier (%s); skipped: pass resume.rerun_failed=true to run it again",
+                        run_dir, previous.get("error"))
+        else:
+            log.info("%s is already complete (config hash %s): skipped", run_dir, previous["config_hash"])
+        return previous
     cache_dir = Path(cfg.paths.cache_dir or default_cache_dir()).expanduser()
     data_dir = cfg.paths.data_dir
     results: dict[str, Any] = {
@@ -51,70 +70,91 @@ def run(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> dict[
         "dataset": cfg.dataset.name,
         "adapter": cfg.adapter.name, "quantizer": cfg.quantizer.name, "eval": cfg.eval.name,
         "seed": cfg.seed, "metrics": {}, "protocol": {}, "config_hash": config_hash(cfg),
-        "timings": {}, "environment": {"python": platform.python_version(), "torch": torch.__version__},
+        "attempts": [*(previous or {}).get("attempts", []),
+                     *([{k: previous.get(k) for k in ("status", "error")}] if previous else [])],
+        "timings": {}, "environment": environment(),
     }
-    results_path = run_dir / "results.json"
+    if previous:
+        log.info("resuming %s (it was %s): training continues from its last checkpoint", run_dir,
+                 previous.get("status"))
     write_json_atomic(results_path, results)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    tags = [f"method:{cfg.method.name}", f"bits:{cfg.bits.name}", f"model:{cfg.model.name}",
-            f"dataset:{cfg.dataset.name}", f"adapter:{cfg.adapter.name}"]
-    loggers = build_loggers(cfg.logger, run_dir, cfg.run_name, group or cfg.run_name, cfg.method.name,
-                            tags, OmegaConf.to_container(cfg, resolve=True))
-    timings = results["timings"]
+    timings, summary, loggers = results["timings"], {}, []
     start = time.perf_counter()
     try:
-        check_config(cfg)
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        device = device_for(cfg.trainer.accelerator)
-        model_path = cfg.model.name_or_path or ensure_embedded_model(
-            OmegaConf.to_container(cfg.model.pretrain, resolve=True), cache_dir)
-        model, tokenizer = load_model(str(model_path), cfg.model.tokenizer, cfg.model.dtype,
-                                      cfg.model.trust_remote_code)
-        profile = cfg.model.get("outlier_profile")
-        if profile is not None:  # controlled setting: emulated outlier channels, labelled as such
-            results["outlier_profile"] = apply_outlier_profile(
-                model, OmegaConf.to_container(profile, resolve=True))
-            results["model"] = f"{cfg.model.name}+outliers"
-            log.info("controlled outlier profile: channels %s of ln_1/ln_2 x%g (FP function unchanged)",
-                     results["outlier_profile"]["channel_ids"], results["outlier_profile"]["factor"])
-        timings["load_s"] = round(time.perf_counter() - start, 3)
-
-        t = time.perf_counter()
-        ctx = RunContext(cfg=cfg, model=model, tokenizer=tokenizer, run_dir=run_dir,
-                         cache_dir=cache_dir, loggers=loggers, device=device)
-        model = get_method(cfg.method.name)(ctx).to(device).eval()
-        results.update(ctx.summary)
-        timings["method_s"] = round(time.perf_counter() - t, 3)
-
-        t = time.perf_counter()
-        context = cfg.eval.context or model.config.n_positions
-        stride = cfg.eval.stride or context
-        for name, spec in eval_sets(cfg).items():
-            ids = token_ids(spec, cfg.eval.split, tokenizer, data_dir, cache_dir)
-            total = len(ids)
-            if cfg.eval.max_tokens:
-                ids = ids[:cfg.eval.max_tokens]
-            ppl, scored = perplexity(model, ids, context, stride, cfg.eval.batch_size)
-            results["metrics"][f"test/{name}/ppl"] = ppl
-            results["protocol"][name] = {
-                "dataset": name, "variant": spec.variant, "split": cfg.eval.split,
-                "joiner": spec.joiner, "context": context, "stride": stride, "level": "token",
-                "tokenizer": tokenizer.name_or_path, "tokens": len(ids), "tokens_in_split": total,
-                "scored_tokens": scored}
-            log.info("test/%s/ppl = %.3f (%d tokens scored)", name, ppl, scored)
-        timings["eval_s"] = round(time.perf_counter() - t, 3)
-        # after the training curves, so step-indexed dashboards keep the final point last
-        log_metrics(loggers, results["metrics"], step=ctx.summary.get("training", {}).get("steps", 0))
+        with interruptible():
+            check_config(cfg)  # bad values fail here: before loggers, downloads or training
+            tags = [f"method:{cfg.method.name}", f"bits:{results['bits']}", f"model:{cfg.model.name}",
+                    f"dataset:{cfg.dataset.name}", f"adapter:{cfg.adapter.name}"]
+            loggers = build_loggers(cfg.logger, run_dir, cfg.run_name, group or cfg.run_name,
+                                    cfg.method.name, tags, OmegaConf.to_container(cfg, resolve=True))
+            _execute(cfg, run_dir, cache_dir, data_dir, results, summary, loggers)
         results["status"] = "completed"
+    except (RunInterrupted, KeyboardInterrupt) as e:
+        results["status"] = "interrupted"
+        results["error"] = (f"{e or 'KeyboardInterrupt'}; re-run the same command (same hydra.sweep.dir "
+                            f"or hydra.run.dir) to resume")
+        raise
     except BaseException as e:
         results["status"] = "failed"
         results["error"] = f"{type(e).__name__}: {e}"
         raise
     finally:
+        results.update(summary)  # what the method recorded, also when it stopped half-way
         timings["total_s"] = round(time.perf_counter() - start, 3)
         write_json_atomic(results_path, results)
-        close_loggers(loggers, results["status"])
+        close_loggers(loggers, results)
     return results
+
+
+def _execute(cfg: DictConfig, run_dir: Path, cache_dir: Path, data_dir: str | None,
+             results: dict[str, Any], summary: dict[str, Any], loggers: list) -> None:
+    """Load, apply the method, evaluate: fills ``results`` (metrics as they come) and ``summary``."""
+    timings = results["timings"]
+    t = time.perf_counter()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    device = device_for(cfg.trainer.accelerator)
+    model_path = cfg.model.name_or_path or ensure_embedded_model(
+        OmegaConf.to_container(cfg.model.pretrain, resolve=True), cache_dir)
+    model, tokenizer = load_model(str(model_path), cfg.model.tokenizer, cfg.model.dtype,
+                                  cfg.model.trust_remote_code)
+    profile = cfg.model.get("outlier_profile")
+    if profile is not None:  # controlled setting: emulated outlier channels, labelled as such
+        results["outlier_profile"] = apply_outlier_profile(
+            model, OmegaConf.to_container(profile, resolve=True))
+        results["model"] = f"{cfg.model.name}+outliers"
+        log.info("controlled outlier profile: channels %s of ln_1/ln_2 x%g (FP function unchanged)",
+                 results["outlier_profile"]["channel_ids"], results["outlier_profile"]["factor"])
+    timings["load_s"] = round(time.perf_counter() - t, 3)
+
+    t = time.perf_counter()
+    ctx = RunContext(cfg=cfg, model=model, tokenizer=tokenizer, run_dir=run_dir, cache_dir=cache_dir,
+                     loggers=loggers, device=device, summary=summary)
+    model = get_method(cfg.method.name)(ctx).to(device).eval()
+    timings["method_s"] = round(time.perf_counter() - t, 3)
+
+    t = time.perf_counter()
+    context = cfg.eval.context or model.config.n_positions
+    stride = cfg.eval.stride or context
+    for name, spec in eval_sets(cfg).items():
+        ids = token_ids(spec, cfg.eval.split, tokenizer, data_dir, cache_dir)
+        total = len(ids)
+        if cfg.eval.max_tokens:
+            ids = ids[:cfg.eval.max_tokens]
+        ppl, scored = perplexity(model, ids, context, stride, cfg.eval.batch_size)
+        if not math.isfinite(ppl):  # the sets scored before stay in results.json
+            raise TrainingError(f"test perplexity of {name} is {ppl}: the {cfg.method.name} model "
+                                f"produces non-finite logits; check its bit-widths and ranges")
+        results["metrics"][f"test/{name}/ppl"] = ppl
+        results["protocol"][name] = {
+            "dataset": name, "variant": spec.variant, "split": cfg.eval.split,
+            "joiner": spec.joiner, "context": context, "stride": stride, "level": "token",
+            "tokenizer": tokenizer.name_or_path, "tokens": len(ids), "tokens_in_split": total,
+            "scored_tokens": scored}
+        log.info("test/%s/ppl = %.3f (%d tokens scored)", name, ppl, scored)
+    timings["eval_s"] = round(time.perf_counter() - t, 3)
+    # after the training curves, so step-indexed dashboards keep the final point last
+    log_metrics(loggers, results["metrics"], step=summary.get("training", {}).get("steps", 0))
 
 
 def format_results(results: dict[str, Any]) -> str:

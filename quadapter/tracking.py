@@ -10,7 +10,10 @@ import hashlib
 import json
 import netrc
 import os
+import platform
+import subprocess
 import tempfile
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,7 +22,11 @@ from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 # Keys that say where or how a run is logged, not what it computes: left out of the config hash.
-_NOT_HASHED = ("paths", "logger", "run_name")
+_NOT_HASHED = ("paths", "logger", "run_name", "resume")
+_CHECKOUT = Path(__file__).resolve().parents[1]  # the editable install's source tree
+# Libraries whose versions change numbers; recorded in every results.json.
+_VERSIONED = ("torch", "pytorch-lightning", "transformers", "tokenizers", "datasets", "torchmetrics",
+              "hydra-core", "omegaconf", "wandb", "numpy", "quadapter")
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -38,6 +45,30 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
         json.dump(obj, f, indent=2, sort_keys=False, default=str)
         f.write("\n")
     os.replace(tmp, path)
+
+
+def git_commit(repo: Path = _CHECKOUT) -> str | None:
+    """The checkout's commit, suffixed ``-dirty`` with uncommitted changes; None outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}-dirty" if dirty else head
+
+
+def environment() -> dict[str, Any]:
+    """What produced a result: Python, library versions and the code's commit."""
+    versions = {}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "versions": versions, "git_commit": git_commit()}
 
 
 def resolve_wandb_mode(mode: str) -> str:
@@ -60,7 +91,8 @@ def build_loggers(logger_cfg: Mapping[str, Any], run_dir: Path, run_name: str, g
                   job_type: str, tags: list[str], config: dict) -> list[Logger]:
     loggers: list[Logger] = []
     if logger_cfg.get("csv", True):
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+        # flushed at every log call: a killed run keeps every curve point (they are sparse)
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version="", flush_logs_every_n_steps=1))
     wb = logger_cfg.get("wandb")
     if wb:
         mode = resolve_wandb_mode(wb.get("mode", "auto"))
@@ -86,9 +118,24 @@ def log_table(loggers: list[Logger], key: str, columns: list[str], rows: list[li
             logger.log_table(key=key, columns=columns, data=rows)
 
 
-def close_loggers(loggers: list[Logger], status: str) -> None:
-    """Flush every logger and finish the W&B run, so the next run of a sweep never shares it."""
+def summary_of(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat scalars of ``results.json`` that W&B shows as the run summary (table columns)."""
+    out = {k: results.get(k) for k in ("status", "error", "method", "bits", "model", "dataset", "adapter",
+                                        "quantizer", "config_hash")}
+    out.update(results.get("metrics", {}))
+    out.update({f"timings/{k}": v for k, v in results.get("timings", {}).items()})
+    for name, proto in results.get("protocol", {}).items():
+        out.update({f"protocol/{name}/{k}": proto[k] for k in ("context", "stride", "scored_tokens")})
+    out["git_commit"] = results.get("environment", {}).get("git_commit")
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def close_loggers(loggers: list[Logger], results: Mapping[str, Any]) -> None:
+    """Flush every logger and finish the W&B run (summary = results), so no run is left open."""
+    status = results["status"]
     for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(summary_of(results))
         logger.finalize("success" if status == "completed" else "failed")
     if any(isinstance(logger, WandbLogger) for logger in loggers):
         import wandb

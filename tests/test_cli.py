@@ -65,10 +65,13 @@ def test_multirun_sweep_gives_one_finished_run_per_combination(tmp_path, small_m
     runs = [next(r.run for r in records(wandb_file(d)) if r.WhichOneof("record_type") == "run")
             for d in sorted(p.parent for p in sweep.glob("*/results.json"))]
     assert {r.run_group for r in runs} == {sweep.name} and runs[0].run_id != runs[1].run_id
-    report = subprocess.run([sys.executable, "-c", "from quadapter.report import main; main()",
-                             str(sweep)], capture_output=True, text=True, check=True).stdout
-    assert report.count("| fp-tiny-prose | completed | fp | fp |") == 2
-    assert "| fp | fp |" in (sweep / "comparison.md").read_text()  # the sweep callback's table
+    report = subprocess.run([sys.executable, "-m", "quadapter.report", str(sweep)],
+                            capture_output=True, text=True, check=True).stdout
+    # the protocol guard: two strides never share a column; both fp runs fill the one fp row
+    assert ("| method | bits | prose (ID) [stride 32] | prose (ID) [stride 64] | code (OOD) [stride 32] "
+            "| code (OOD) [stride 64] |") in report
+    assert report.count("| fp | fp |") == 1 and "—" not in report
+    assert report.strip() == (sweep / "comparison.md").read_text().strip()  # the sweep callback's table
 
 
 @needs_shared_data
@@ -90,16 +93,32 @@ def test_real_wikitext2_with_real_gpt2_tokenizer(tmp_path, random_gpt2_dir):
     assert all(20_000 < v < 150_000 for v in res["metrics"].values())
 
 
-def test_missing_data_fails_clearly_and_records_the_failure(tmp_path, random_gpt2_dir):
+def test_missing_data_fails_clearly_and_records_the_failure(tmp_path, small_model_dir):
     run_dir = tmp_path / "run"
-    proc = quadapter("model=gpt2", f"model.name_or_path={random_gpt2_dir}",
-                     f"model.tokenizer={random_gpt2_dir}", "dataset=ptb", "eval=in_domain",
+    proc = quadapter(f"model.name_or_path={small_model_dir}", "dataset=ptb", "eval=in_domain",
                      "logger=csv", f"hydra.run.dir={run_dir}", cwd=tmp_path,
                      env={"QUADAPTER_DATA_DIR": str(tmp_path / "empty")}, check=False)
-    assert proc.returncode != 0
-    assert "ptb.test.txt" in proc.stderr
+    assert proc.returncode == 1
+    assert "quadapter: error:" in proc.stderr and "ptb.test.txt" in proc.stderr
+    assert "Traceback" not in proc.stderr  # a fixable error is one message, not a stack trace
     res = json.loads((run_dir / "results.json").read_text())
     assert res["status"] == "failed" and "ptb.test.txt" in res["error"]
+
+
+def test_a_failed_run_does_not_stop_the_sweep(tmp_path, small_model_dir):
+    sweep = tmp_path / "sweep"
+    proc = quadapter("-m", *QUICK, "compare=fp", "dataset=prose,wikitext2,code", "eval=in_domain",
+                     "logger=csv", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+                     env={"QUADAPTER_CACHE_DIR": str(small_model_dir.parents[1]),
+                          "QUADAPTER_DATA_DIR": str(tmp_path / "no-data")}, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "wiki.test.raw" in proc.stderr
+    assert "did not complete: 1_fp-tiny-wikitext2 (failed)" in proc.stderr
+    status = {d.name: json.loads((d / "results.json").read_text())["status"]
+              for d in sweep.iterdir() if d.is_dir()}
+    assert status == {"0_fp-tiny-prose": "completed", "1_fp-tiny-wikitext2": "failed",
+                      "2_fp-tiny-code": "completed"}
+    assert (sweep / "comparison.md").is_file()  # the report still covers the runs that finished
 
 
 def test_unknown_group_option_lists_the_available_ones(tmp_path):

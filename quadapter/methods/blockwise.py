@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from quadapter.errors import TrainingError
+
 log = logging.getLogger(__name__)
 
 
@@ -129,7 +131,7 @@ def reconstruct_blocks(
         groups = trainable(unit)
         params = [p for g in groups for p in g["params"]]
 
-        def mean_l2() -> float:
+        def mean_l2(unit=unit, after=after, x_in=x_in, target=target) -> float:  # this unit's tensors
             with torch.no_grad():
                 return sum(float(l2(unit, after, x_in[i:i + batch_size].to(device),
                                     target[i:i + batch_size].to(device))) * len(x_in[i:i + batch_size])
@@ -146,7 +148,8 @@ def reconstruct_blocks(
                 idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
                 loss = l2(unit, after, x_in[idx].to(device), target[idx].to(device))
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite block-wise L2 in blocks starting at {start}")
+                    raise TrainingError(f"non-finite block-wise L2 in blocks starting at {start}: lower "
+                                        f"method.blockwise.lr or raise the bit-widths")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

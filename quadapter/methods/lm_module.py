@@ -14,6 +14,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from quadapter.errors import TrainingError
+
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> float:
     """Learning-rate multiplier: linear warm-up, then cosine decay to ``min_ratio``."""
@@ -50,7 +52,9 @@ class CausalLMModule(pl.LightningModule):
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         loss = self(batch)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
+            raise TrainingError(f"non-finite training loss ({loss.item()}) at step {self.global_step}: "
+                                f"the run stopped; lower the learning rates (method.lr.* or "
+                                f"model.pretrain.lr) or raise the bit-widths")
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

@@ -22,6 +22,8 @@ from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelChec
 from quadapter.data import token_ids
 from quadapter.data.corpora import DataError
 from quadapter.data.datamodule import LMDataModule
+from quadapter import interrupts
+from quadapter.errors import RunInterrupted, TrainingError
 from quadapter.evaluation import perplexity
 from quadapter.methods.lm_module import CausalLMModule
 
@@ -39,7 +41,7 @@ class PerplexityCurves(Callback):
         self._loss_sum, self._loss_count = 0.0, 0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not any(row["step"] == trainer.global_step for row in self.history):
+        if not self.history:  # a resumed run continues its curve on the same steps as an unbroken one
             self._evaluate(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -64,6 +66,11 @@ class PerplexityCurves(Callback):
                                                 self.batch_size)[0]
         pl_module.train(was_training)
         self.history.append(row)
+        bad = {k: v for k, v in row.items() if not math.isfinite(v)}
+        if bad:  # the curve so far is kept (results.json training.curves); the run stops as failed
+            raise TrainingError(f"non-finite perplexity at step {trainer.global_step}: "
+                                f"{', '.join(f'{k}={v}' for k, v in bad.items())}; lower the learning "
+                                f"rates (method.lr.*) or check the quantizer ranges")
         for logger in trainer.loggers:
             logger.log_metrics({k: v for k, v in row.items() if k != "step"}, step=trainer.global_step)
         log.info("step %d: %s", trainer.global_step,
@@ -73,7 +80,21 @@ class PerplexityCurves(Callback):
         return {"history": self.history}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict["history"])
+        self.history[:] = state_dict["history"]  # in place: the run summary holds this list
+
+
+class StopOnSignal(Callback):
+    """Checkpoint and stop at the end of the batch in which SIGINT/SIGTERM arrived (``interrupts``)."""
+
+    def __init__(self, last: Path):
+        self.last = last
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        name = interrupts.requested()
+        if name:
+            trainer.save_checkpoint(self.last)
+            raise RunInterrupted(f"received {name} at step {trainer.global_step}; checkpoint saved to "
+                                 f"{self.last}", name)
 
 
 def heldout_curve_sets(ctx, sets: dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -133,8 +154,15 @@ def train_lm(ctx, param_groups: list[dict], train_cfg, phase: str, eval_sets: di
         + ([LearningRateMonitor(logging_interval="step")] if ctx.loggers else [])
         + ([TQDMProgressBar(refresh_rate=10)] if cfg.trainer.enable_progress_bar else []))
     last = ckpt_dir / "last.ckpt"
+    trainer.callbacks.append(StopOnSignal(last))
     model.train()  # dropout as in pretraining; the curve callback evaluates in eval mode
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    summary = {"phase": phase, "steps": train_cfg.steps, "train_tokens": len(train),
+               "curve_splits": curve_splits, "curves": curves.history}
+    try:
+        with interrupts.deferred():
+            trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    except BaseException:  # a failed or interrupted run still reports its curve so far
+        ctx.summary["training"] = summary | {"stopped_at_step": trainer.global_step}
+        raise
     model.eval()
-    return {"phase": phase, "steps": train_cfg.steps, "train_tokens": len(train),
-            "curve_splits": curve_splits, "curves": curves.history}
+    return summary

@@ -1,0 +1,68 @@
+"""What to do with a run dir that already holds a ``results.json``: the resume rule of sweeps.
+
+Hydra cannot resume a multirun, but the same sweep command with the same ``hydra.sweep.dir`` gives
+every job the same dir again, so each run decides for itself from what its dir holds:
+
+- no results yet: run;
+- completed with the same config hash: skip (``resume.skip_completed``);
+- interrupted (``running`` left by a killed process, or ``interrupted`` by SIGINT/SIGTERM): run again,
+  training resumes from its last Lightning checkpoint;
+- failed: skipped unless ``resume.rerun_failed=true``;
+- a different config hash: refuse, so results and checkpoints of another config are never mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from quadapter.errors import UserError
+
+log = logging.getLogger(__name__)
+Action = Literal["run", "skip", "resume"]
+incomplete_runs: list[str] = []  # of the last sweep, for the exit status of `quadapter -m`
+
+
+def previous_results(path: Path) -> dict[str, Any] | None:
+    """The results.json of an earlier attempt, None if there is none (unreadable counts as interrupted)."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        log.warning("%s is unreadable (%s): treating the run as interrupted", path, e)
+        return {"status": "running", "config_hash": None, "error": f"unreadable results.json: {e}"}
+
+
+def decide(previous: dict[str, Any] | None, config_hash: str, run_dir: Path,
+           skip_completed: bool = True, rerun_failed: bool = False) -> Action:
+    """The resume rule above; raises ``UserError`` when the dir belongs to a different config."""
+    if previous is None:
+        return "run"
+    theirs = previous.get("config_hash")
+    if theirs is not None and theirs != config_hash:
+        raise UserError(
+            f"{run_dir} already holds a run of a different config (config hash {theirs}, this one "
+            f"{config_hash}); nothing was changed. Give this run its own dir (a new hydra.sweep.dir or "
+            f"hydra.run.dir), or delete {run_dir} to start over")
+    status = previous.get("status")
+    if status == "completed":
+        return "skip" if skip_completed else "run"
+    if status == "failed":
+        return "resume" if rerun_failed else "skip"
+    return "resume"
+
+
+class SweepExitStatus(Callback):
+    """Hydra callback: after a sweep, list the runs that did not complete (``quadapter -m`` exits 1)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        for path in sorted(Path(config.hydra.sweep.dir).glob("*/results.json")):
+            status = (previous_results(path) or {}).get("status")
+            if status != "completed":
+                incomplete_runs.append(f"{path.parent.name} ({status})")

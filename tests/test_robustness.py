@@ -1,0 +1,141 @@
+"""Failures lose nothing: resume rule, interrupts, non-finite training, reproducibility, recorded provenance."""
+
+import json
+import os
+import signal
+
+import pytest
+from conftest import CONF, SMALL_OVERRIDES
+from hydra import compose, initialize_config_dir
+
+from quadapter.errors import RunInterrupted, TrainingError, UserError
+from quadapter.methods.lm_module import CausalLMModule
+from quadapter.resume import decide, previous_results
+from quadapter.runner import run
+from quadapter.tracking import config_hash
+
+QAT = [*SMALL_OVERRIDES, "method=qat", "method.train.steps=6", "method.train.batch_size=4",
+       "trainer.val_check_interval=3", "eval.max_tokens=1500", "eval.val_max_tokens=1024",
+       "quantizer.calibration.blocks=8", "trainer.enable_progress_bar=false", "logger=csv"]
+
+
+def make_cfg(*overrides, base=QAT):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=[*base, *overrides])
+
+
+def read(run_dir):
+    return json.loads((run_dir / "results.json").read_text())
+
+
+@pytest.fixture()
+def step_hook(monkeypatch):
+    """Pass every training loss through ``hook["fn"](module, loss)`` before the step checks it."""
+    hook = {"fn": lambda module, loss: loss}
+    original = CausalLMModule.forward
+
+    def hooked(self, ids):
+        return hook["fn"](self, original(self, ids))
+
+    monkeypatch.setattr(CausalLMModule, "forward", hooked)
+    return hook
+
+
+# --- the resume rule ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("status", "skip_completed", "rerun_failed", "action"), [
+    ("completed", True, False, "skip"), ("completed", False, False, "run"),
+    ("failed", True, False, "skip"), ("failed", True, True, "resume"),
+    ("running", True, False, "resume"), ("interrupted", True, False, "resume")])
+def test_resume_rule(tmp_path, status, skip_completed, rerun_failed, action):
+    previous = {"status": status, "config_hash": "abc"}
+    assert decide(previous, "abc", tmp_path, skip_completed, rerun_failed) == action
+    assert decide(None, "abc", tmp_path) == "run"
+
+
+def test_a_dir_of_another_config_is_refused_and_left_as_it_is(tmp_path):
+    with pytest.raises(UserError, match="different config .*abc.*xyz.*hydra.sweep.dir"):
+        decide({"status": "completed", "config_hash": "abc"}, "xyz", tmp_path)
+
+
+def test_unreadable_results_count_as_interrupted(tmp_path):
+    (tmp_path / "results.json").write_text('{"status": "compl')
+    previous = previous_results(tmp_path / "results.json")
+    assert decide(previous, "abc", tmp_path) == "resume"
+
+
+def test_a_completed_run_is_skipped_and_a_changed_config_refused(tmp_path, small_model_dir):
+    cfg = make_cfg(base=[*SMALL_OVERRIDES, "eval.max_tokens=500", "logger=csv",
+                         f"paths.cache_dir={small_model_dir.parents[1]}"])
+    first = run(cfg, tmp_path)
+    before = (tmp_path / "results.json").read_bytes()
+    assert run(cfg, tmp_path) == first  # skipped: nothing recomputed or rewritten
+    assert (tmp_path / "results.json").read_bytes() == before
+    with pytest.raises(UserError, match="different config"):
+        run(make_cfg("eval.max_tokens=400", base=[*SMALL_OVERRIDES, "logger=csv",
+                                                 f"paths.cache_dir={small_model_dir.parents[1]}"]),
+            tmp_path)
+    assert (tmp_path / "results.json").read_bytes() == before
+
+
+# --- interrupts and non-finite training --------------------------------------------------------------
+
+def test_sigterm_during_training_checkpoints_and_the_rerun_resumes(tmp_path, small_model_dir, step_hook):
+    cfg = make_cfg(f"paths.cache_dir={small_model_dir.parents[1]}")
+
+    def sigterm_at_step_4(module, loss):
+        if module.global_step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    step_hook["fn"] = sigterm_at_step_4
+    with pytest.raises(RunInterrupted, match="SIGTERM at step 5"):
+        run(cfg, tmp_path)
+    res = read(tmp_path)
+    assert res["status"] == "interrupted" and "re-run the same command" in res["error"]
+    assert [row["step"] for row in res["training"]["curves"]] == [0, 3]  # kept from the stopped run
+    step_hook["fn"] = lambda module, loss: loss
+    resumed = run(cfg, tmp_path)
+    assert resumed["status"] == "completed"
+    assert [row["step"] for row in resumed["training"]["curves"]] == [0, 3, 6]  # none duplicated
+    assert resumed["attempts"] == [{"status": "interrupted", "error": res["error"]}]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+def test_non_finite_loss_fails_the_run_naming_the_step(tmp_path, small_model_dir, step_hook, bad):
+    cfg = make_cfg(f"paths.cache_dir={small_model_dir.parents[1]}")
+    step_hook["fn"] = lambda module, loss: loss * float(bad) if module.global_step == 4 else loss
+    with pytest.raises(TrainingError, match=rf"non-finite training loss \(-?{bad}\) at step 4"):
+        run(cfg, tmp_path)
+    res = read(tmp_path)
+    assert res["status"] == "failed" and "step 4" in res["error"] and "lower the learning rates" in res["error"]
+    assert [row["step"] for row in res["training"]["curves"]] == [0, 3]  # computed before the failure
+    assert res["training"]["stopped_at_step"] == 4
+
+
+# --- reproducibility and provenance ------------------------------------------------------------------
+
+def test_same_config_twice_gives_identical_metrics_and_curves(tmp_path, small_model_dir):
+    cfg = make_cfg(f"paths.cache_dir={small_model_dir.parents[1]}")
+    a, b = run(cfg, tmp_path / "a"), run(cfg, tmp_path / "b")
+    assert a["metrics"] == b["metrics"]
+    assert a["training"]["curves"] == b["training"]["curves"]
+    assert a["config_hash"] == b["config_hash"] == config_hash(cfg)
+    seed1 = run(make_cfg("seed=1", f"paths.cache_dir={small_model_dir.parents[1]}"), tmp_path / "c")
+    assert seed1["metrics"] != a["metrics"]  # the seed reaches data order and calibration
+
+
+def test_results_record_versions_and_commit_and_no_secret(tmp_path, small_model_dir, monkeypatch):
+    secret = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv("WANDB_API_KEY", secret)  # mode stays offline (conftest): nothing is uploaded
+    cfg = make_cfg("logger=wandb", "logger.wandb.mode=offline", "eval.max_tokens=500",
+                   f"paths.cache_dir={small_model_dir.parents[1]}",
+                   base=[*SMALL_OVERRIDES, "trainer.enable_progress_bar=false"])
+    res = run(cfg, tmp_path)
+    env = res["environment"]
+    assert env["versions"]["torch"] and env["versions"]["pytorch-lightning"] and env["versions"]["transformers"]
+    assert env["git_commit"] is None or len(env["git_commit"].removesuffix("-dirty")) == 40
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in written)
+    assert not [p for p in written if secret.encode() in p.read_bytes()]
