@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from test_cli import QUICK, quadapter, wandb_file
 from wandb_offline import history
 
+from quadapter.errors import ConfigError
 from quadapter.methods import check_config
 from quadapter.methods.quant_config import quant_settings
 from quadapter.models.sites import DEFAULT_SITES
@@ -36,27 +37,30 @@ def test_ptq_defaults_to_w8a8_minmax_and_takes_explicit_choices():
 BAD_CONFIGS = [
     (["bits=fp"], "bits=fp quantizes nothing: choose quantized bits, e.g. bits=w8a8"),
     (["quantizer=none"], "quantizer=none has no quantization ranges: choose quantizer=minmax"),
-    (["bits.weight=17"], "bits.weight=17 is invalid; allowed: an integer in 2..16, or null"),
-    (["bits.act=1"], "bits.act=1 is invalid; allowed: an integer in 2..16"),
+    (["bits.weight=17"], "bits.weight=17 is invalid: expected an integer in 2..16 or null"),
+    (["bits.act=1"], "bits.act=1 is invalid: expected an integer in 2..16"),
     (["bits.act='8'"], "bits.act='8' is invalid"),
     (["quantizer.weight.granularity=per_token"],
-     "quantizer.weight.granularity='per_token' is invalid; allowed: per_tensor, per_channel"),
+     "quantizer.weight.granularity='per_token' is invalid: expected one of per_tensor, per_channel"),
     (["quantizer.act.granularity=per_row"],
-     "quantizer.act.granularity='per_row' is invalid; allowed: per_tensor, per_channel, per_token"),
-    (["quantizer.estimator=histogram"], "quantizer.estimator='histogram' is invalid; allowed: minmax,"),
-    (["quantizer.act.symmetric=maybe"], "quantizer.act.symmetric='maybe' is invalid; allowed: true"),
-    (["quantizer.learnable=lsq"], "quantizer.learnable='lsq' is invalid; allowed: none, scale_offset"),
-    (["quantizer.sigmoid=true"], "quantizer.sigmoid=True is invalid; allowed: true only with"),
-    (["quantizer.sites=[attn.c_attn,attn_probs]"], "quantizer.sites=.* is invalid.*lm_head, embeddings"),
-    (["quantizer.calibration.blocks=0"], "quantizer.calibration.blocks=0 is invalid; allowed: an int"),
+     "quantizer.act.granularity='per_row' is invalid: expected one of per_tensor, per_channel, per_token"),
+    (["quantizer.estimator=histogram"], "quantizer.estimator='histogram' is invalid: expected one of minmax,"),
+    (["quantizer.act.symmetric=maybe"], "quantizer.act.symmetric='maybe' is invalid: expected true or false"),
+    (["quantizer.learnable=lsq"], "quantizer.learnable='lsq' is invalid: expected one of none, scale_offset"),
+    (["quantizer.sigmoid=true"],
+     "quantizer.sigmoid=true is invalid: expected false unless quantizer.learnable=beta_gamma"),
+    (["quantizer.sites=[attn.c_attn,attn_probs]"], r"quantizer.sites=\['attn.c_attn', 'attn_probs'\] "
+                                                   "is invalid: .*lm_head, embeddings, residual; "
+                                                   "unknown: 'attn_probs'"),
+    (["quantizer.calibration.blocks=0"], "quantizer.calibration.blocks=0 is invalid: expected an integer >= 1"),
     (["quantizer=percentile", "quantizer.estimator_kw.percentile=20"],
-     "quantizer.estimator_kw=.* is invalid for the weight quantizer: percentile must be in"),
+     r"quantizer.estimator_kw.percentile=20 is invalid: expected a number in \(50, 100\]"),
 ]
 
 
 @pytest.mark.parametrize("overrides,message", BAD_CONFIGS, ids=[o[-1] for o, _ in BAD_CONFIGS])
 def test_bad_values_name_key_value_and_allowed_values(overrides, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         check_config(make(*overrides))
 
 
@@ -73,11 +77,12 @@ def test_bad_config_fails_before_the_model_is_loaded(tmp_path, monkeypatch):
 
 def test_ptq_cli_w8a8_is_lossless_and_w4a4_is_not(tmp_path, small_model_dir):
     sweep = tmp_path / "sweep"
-    quadapter("-m", *QUICK, "method=fp,ptq", "bits=w8a8,w4a4", f"hydra.sweep.dir={sweep}",
+    quadapter("-m", *QUICK, "compare=fp,ptq", "bits=w8a8,w4a4", f"hydra.sweep.dir={sweep}",
               cwd=tmp_path)
-    runs = {p.parent.name.split("_", 1)[1]: p.parent for p in sweep.glob("*/results.json")}
-    res = {name: json.loads((d / "results.json").read_text()) for name, d in runs.items()}
-    assert all(r["status"] == "completed" for r in res.values()), res.keys()
+    jobs = {"0": "fp-w8a8", "1": "fp-w4a4", "2": "ptq-w8a8", "3": "ptq-w4a4"}  # compare outer, bits inner
+    res = {f"{jobs[p.parent.name.split('_')[0]]}-tiny-prose": json.loads(p.read_text())
+           for p in sweep.glob("*/results.json")}
+    assert len(res) == 4 and all(r["status"] == "completed" for r in res.values()), res.keys()
     fp = res["fp-w8a8-tiny-prose"]["metrics"]
     assert res["fp-w4a4-tiny-prose"]["metrics"] == fp  # fp ignores bits; and runs are deterministic
     # The 60-step test model is too weak to care much about quantization noise (measured: W4A4

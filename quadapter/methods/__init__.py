@@ -1,8 +1,9 @@
 """Methods: what happens to a loaded model before it is evaluated (``conf/method/*.yaml``).
 
 A method is a function ``(RunContext) -> nn.Module`` returning the model to evaluate; the registry
-maps ``method.name`` to it, so adding a method is one module and one entry here. A method may also
-register a config check, which the runner calls before loading the model.
+maps ``method.name`` to it, so adding a method is one module and one entry here (and its config
+schema in ``quadapter.schema.groups.METHODS``). A method may also register a config check that
+needs its code (e.g. building its quantizers); ``check_config`` runs it after the schema.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from pytorch_lightning.loggers import Logger
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from quadapter.errors import ConfigError
 from quadapter.methods import fp, ptq, qat, quadapter
+from quadapter.schema import validate
 
 
 @dataclass
@@ -44,12 +47,16 @@ CHECKS: dict[str, Callable[[DictConfig], None]] = {"ptq": ptq.check, "qat": qat.
 
 def get_method(name: str) -> Method:
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+        raise ConfigError(f"config error: method.name={name!r} is invalid: expected one of "
+                          f"{', '.join(METHODS)}")
     return METHODS[name]
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Raise on a bad method or method config before anything heavy happens."""
+    """Raise ``ConfigError`` on a bad config before anything heavy happens: every key, value and
+    combination (``quadapter.schema.validate``: one message listing every problem), then the
+    method's own check."""
+    validate(cfg)
     get_method(cfg.method.name)
     if cfg.method.name in CHECKS:
         CHECKS[cfg.method.name](cfg)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Subset
 from quadapter.data import token_ids
 from quadapter.data.datamodule import TokenBlocks
 from quadapter.methods.quant_config import QuantSettings, quant_settings
-from quadapter.methods.smoothing import check_smoothquant, smooth
+from quadapter.methods.smoothing import smooth
 from quadapter.models.scale_sites import fold_scales
 from quadapter.models.sites import quant_sites
 from quadapter.quant.diagnostics import OutlierStats
@@ -36,10 +36,9 @@ OUTLIER_COLUMNS = ["site", "channels", "absmax", "median_absmax", "max_over_medi
 
 
 def check(cfg: DictConfig, method: str = "ptq") -> None:
-    """Validate the quantization config; ``method`` names the caller (e.g. qat) in errors."""
+    """Build the quantization settings as the run will (``quadapter.schema`` has already checked
+    every key and combination): a disagreement between the two is caught here, before loading."""
     quant_settings(cfg, method)
-    if method == "ptq" and cfg.adapter.name == "smoothquant":
-        check_smoothquant(cfg.adapter, method)
 
 
 def calibration_loader(ctx: RunContext, settings: QuantSettings) -> tuple[DataLoader, dict]:
@@ -47,7 +46,9 @@ def calibration_loader(ctx: RunContext, settings: QuantSettings) -> tuple[DataLo
     cfg, split = ctx.cfg, settings.calibration_split
     block_size = ctx.model.config.n_positions
     ids = token_ids(cfg.dataset, split, ctx.tokenizer, cfg.paths.data_dir, ctx.cache_dir)
-    blocks = TokenBlocks(ids, block_size)
+    blocks = TokenBlocks(ids, block_size, f"dataset {cfg.dataset.name!r}, split {split!r}",
+                         "calibration cuts it into blocks of the model's n_positions tokens; "
+                         "calibrate on a larger split (quantizer.calibration.split) or dataset")
     n = min(settings.calibration_blocks, len(blocks))
     if n < settings.calibration_blocks:
         log.warning("calibration: %s/%s holds only %d blocks of %d tokens, not %d",

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 
 def check(cfg) -> None:
+    """As PTQ's: the quantization settings as the run builds them (the schema checked the rest)."""
     ptq.check(cfg, "qat")
 
 

@@ -23,9 +23,9 @@ from torch import nn
 from quadapter.data import eval_sets
 from quadapter.methods import ptq
 from quadapter.methods.blockwise import capture_block_inputs, reconstruct_blocks, toggled
-from quadapter.methods.smoothing import check_smoothquant, smooth
+from quadapter.methods.smoothing import smooth
 from quadapter.methods.training import train_lm
-from quadapter.models.scale_sites import GPT2_SCALE_SITES, attach_scales, fold_scales
+from quadapter.models.scale_sites import attach_scales, fold_scales
 from quadapter.tracking import log_metrics
 
 if TYPE_CHECKING:
@@ -36,19 +36,9 @@ INITS = ("ones", "smoothquant")  # adapter.init: α = 1, or SmoothQuant's α fro
 
 
 def check(cfg) -> None:
+    """The quantization settings as the run builds them; adapter and method keys, and how they
+    combine (adapter=quadapter, sites, init, learn_ranges), are ``quadapter.schema``'s."""
     ptq.check(cfg, "quadapter")
-    sites = list(cfg.adapter.get("sites") or [])
-    if cfg.adapter.name != "quadapter" or not sites:
-        raise ValueError(f"method=quadapter needs adapter=quadapter with sites (got adapter="
-                         f"{cfg.adapter.name}); sites: {', '.join(GPT2_SCALE_SITES)}")
-    unknown = [s for s in sites if s not in GPT2_SCALE_SITES]
-    if unknown:
-        raise ValueError(f"adapter.sites has unknown {unknown}; allowed: {', '.join(GPT2_SCALE_SITES)}")
-    init = cfg.adapter.get("init", "ones")
-    if init not in INITS:
-        raise ValueError(f"adapter.init={init!r} is invalid; allowed: {', '.join(INITS)}")
-    if init == "smoothquant":
-        check_smoothquant(cfg.adapter, "quadapter")
 
 
 def _range_params(sim, prefix: str = "") -> list[nn.Parameter]:

@@ -1,8 +1,8 @@
 """Quantization settings read from the ``bits`` and ``quantizer`` groups, validated up front.
 
-Every quantizing method (PTQ now, QAT and Quadapter later) starts here, and ``check`` runs before
-the model is loaded or pretrained, so a typo costs a second, not a calibration. Errors name the
-config key, the bad value and what is allowed.
+Every quantizing method starts here. ``quadapter.schema.validate`` checks the same keys first (with
+every other key, in one message); the checks here guard the code that builds the quantizers, and
+raise ``ConfigError`` in the schema's wording: the key, the bad value and what is allowed.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
+from quadapter.errors import ConfigError
 from quadapter.models.sites import check_site_names
 from quadapter.quant import ESTIMATORS, LEARNABLE
 from quadapter.quant.sim import QuantizerConfig
+from quadapter.schema.fields import show
 
 WEIGHT_GRANULARITIES = ("per_tensor", "per_channel")
 ACT_GRANULARITIES = ("per_tensor", "per_channel", "per_token")
@@ -43,29 +45,29 @@ class QuantSettings:
         }
 
 
-def _fail(key: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"{key}={value!r} is invalid; allowed: {allowed}")
+def _fail(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"config error: {key}={show(value)} is invalid: expected {allowed}")
 
 
 def _bits(cfg: DictConfig, side: str) -> int | None:
     value = cfg.bits.get(side)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                               or not 2 <= value <= 16):
-        raise _fail(f"bits.{side}", value, "an integer in 2..16, or null (full precision)")
+        raise _fail(f"bits.{side}", value, "an integer in 2..16 or null (null = not quantized)")
     return value
 
 
 def _choice(q: Mapping, key: str, allowed: tuple[str, ...]) -> str:
     value = OmegaConf.select(q, key)
     if value not in allowed:
-        raise _fail(f"quantizer.{key}", value, ", ".join(allowed))
+        raise _fail(f"quantizer.{key}", value, f"one of {', '.join(allowed)}")
     return value
 
 
 def _flag(q: Mapping, key: str) -> bool:
     value = OmegaConf.select(q, key)
     if not isinstance(value, bool):
-        raise _fail(f"quantizer.{key}", value, "true, false")
+        raise _fail(f"quantizer.{key}", value, "true or false")
     return value
 
 
@@ -80,21 +82,22 @@ def quant_settings(cfg: DictConfig, method: str) -> QuantSettings:
     """The run's quantization settings; ``method`` names the caller in errors."""
     weight_bits, act_bits = _bits(cfg, "weight"), _bits(cfg, "act")
     if weight_bits is None and act_bits is None:
-        raise ValueError(f"method={method} with bits={cfg.bits.name} quantizes nothing: choose "
-                         "quantized bits, e.g. bits=w8a8 or bits=w4a8")
+        raise ConfigError(f"config error: method={method} with bits={cfg.bits.name} quantizes "
+                          "nothing: choose quantized bits, e.g. bits=w8a8 or bits=w4a8")
     q = cfg.quantizer
     if q.name == "none" or "estimator" not in q:
-        raise ValueError(f"method={method} with quantizer={q.name} has no quantization ranges: "
-                         "choose quantizer=minmax, quantizer=percentile or quantizer=mse")
+        raise ConfigError(f"config error: method={method} with quantizer={q.name} has no "
+                          "quantization ranges: choose quantizer=minmax, quantizer=percentile, "
+                          "quantizer=mse or quantizer=learned")
     estimator = _choice(q, "estimator", tuple(ESTIMATORS))
     estimator_kw = q.get("estimator_kw")
     if estimator_kw is not None and not OmegaConf.is_dict(estimator_kw):
-        raise _fail("quantizer.estimator_kw", estimator_kw, "a mapping of estimator options, or {}")
+        raise _fail("quantizer.estimator_kw", estimator_kw, "a mapping of the estimator's options")
     estimator_kw = OmegaConf.to_container(estimator_kw, resolve=True) if estimator_kw else {}
     learnable = _choice(q, "learnable", LEARNABLE)
     sigmoid = _flag(q, "sigmoid")
     if sigmoid and learnable != "beta_gamma":
-        raise _fail("quantizer.sigmoid", sigmoid, "true only with quantizer.learnable=beta_gamma")
+        raise _fail("quantizer.sigmoid", sigmoid, "false unless quantizer.learnable=beta_gamma")
     common = dict(estimator=estimator, estimator_kw=estimator_kw, learnable=learnable,
                   sigmoid=sigmoid)
     weight = act = None
@@ -111,9 +114,12 @@ def quant_settings(cfg: DictConfig, method: str) -> QuantSettings:
             if config is not None:
                 config.build(axis=0)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"quantizer.estimator_kw={estimator_kw!r} is invalid for the "
-                             f"{side} quantizer: {e}") from e
-    sites = check_site_names(list(q.sites or []))
+            raise ConfigError(f"config error: quantizer.estimator_kw={show(estimator_kw)} is "
+                              f"invalid for the {side} quantizer: {e}") from e
+    try:
+        sites = check_site_names(list(q.sites or []))
+    except ValueError as e:
+        raise ConfigError(f"config error: {e}") from e
     split = OmegaConf.select(q, "calibration.split")
     if not isinstance(split, str) or not split:
         raise _fail("quantizer.calibration.split", split, "a split name such as train")

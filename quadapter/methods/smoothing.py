@@ -15,25 +15,13 @@ from typing import TYPE_CHECKING, Sequence
 from quadapter.adapters.scaling import ChannelScale
 from quadapter.adapters.smoothquant import smoothquant_alpha, weight_absmax
 from quadapter.methods.quant_config import quant_settings
-from quadapter.models.scale_sites import GPT2_SCALE_SITES, attach_scales, input_axis, site_consumers
+from quadapter.models.scale_sites import attach_scales, input_axis, site_consumers
 from quadapter.quant.sim import QuantSim
 
 if TYPE_CHECKING:
     from quadapter.methods import RunContext
 
 log = logging.getLogger(__name__)
-
-
-def check_smoothquant(adapter, method: str) -> None:
-    """``adapter.sites`` known and non-empty, ``adapter.migration`` in [0, 1]."""
-    sites = list(adapter.get("sites") or [])
-    unknown = [s for s in sites if s not in GPT2_SCALE_SITES]
-    if not sites or unknown:
-        raise ValueError(f"method={method}: adapter.sites={sites} is invalid; give a non-empty list "
-                         f"from {', '.join(GPT2_SCALE_SITES)}")
-    m = adapter.get("migration", 0.5)
-    if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m <= 1.0:
-        raise ValueError(f"adapter.migration={m!r} is invalid: give a number in [0, 1]")
 
 
 def smooth(ctx: RunContext, sim: QuantSim, sites: Sequence[str], migration: float,

@@ -1,0 +1,395 @@
+"""The schema of every config group: types (OmegaConf checks them) and allowed values per key.
+
+The allowed names are spelled out here, not imported, so validating a config imports no torch;
+tests/test_schema.py checks that they equal the code's own registries (sites, estimators, ...).
+A key added to a YAML under conf/ needs its field here: the schema refuses keys it does not know.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from quadapter.schema.fields import (
+    NON_EMPTY,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    UNIT_INTERVAL,
+    Check,
+    at_least,
+    in_range,
+    knob,
+)
+
+BITS = (2, 16)  # allowed bit-widths, inclusive
+QUANT_SITES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "lm_head", "embeddings",
+               "residual")  # models/sites.py GPT2_SITES
+SCALE_SITES = {"ln1_qkv": "attn.c_attn", "ln2_fc": "mlp.c_fc", "v_proj": "attn.c_proj"}  # -> consumer
+ESTIMATORS = ("minmax", "running_minmax", "percentile", "mse")
+LEARNABLE = ("none", "scale_offset", "min_max", "beta_gamma")
+WEIGHT_GRANULARITIES = ("per_tensor", "per_channel")
+ACT_GRANULARITIES = ("per_tensor", "per_channel", "per_token")
+ADAPTER_INITS = ("ones", "smoothquant")
+SOURCES = ("auto", "embedded", "local", "hub")
+LOCAL_FORMATS = ("wikitext", "lines", "jsonl")
+EMBEDDED_DOMAINS = ("prose", "code")
+EMBEDDED_SPLITS = ("train", "validation", "test")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")  # runner.device_for places evaluation by these
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")  # Lightning's names the code is used with
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+SAMPLE_SEED = 0x5EED_C0DE  # quant/ranges.py's default sampling seed
+
+BITS_EXPECT = f"an integer in {BITS[0]}..{BITS[1]} or null"
+
+
+# ---- run level ---------------------------------------------------------------------------------
+
+@dataclass
+class Paths:
+    data_dir: Optional[str] = knob(None, hint="local mirror of hub datasets; null = the hub")
+    cache_dir: Optional[str] = knob(None)
+
+
+@dataclass
+class Resume:
+    skip_completed: bool = knob()
+    rerun_failed: bool = knob()
+
+
+# ---- dataset -----------------------------------------------------------------------------------
+
+@dataclass
+class Embedded:
+    domain: str = knob(choices=EMBEDDED_DOMAINS)
+
+
+@dataclass
+class Hub:
+    path: str = knob(check=NON_EMPTY, hint="HF datasets hub id")
+    name: Optional[str] = knob(None)
+    text_field: str = knob("text")
+    revision: Optional[str] = knob(None)
+
+
+@dataclass
+class Local:
+    dir: str = knob(check=NON_EMPTY, hint="folder under the data dir")
+    format: str = knob("lines", choices=LOCAL_FORMATS)
+    text_field: str = knob("text")
+    files: Dict[str, str] = knob(factory=dict, hint="split -> file name")
+
+
+@dataclass
+class Dataset:
+    name: str = knob(check=NON_EMPTY, hint="key in metric names")
+    variant: str = knob(check=NON_EMPTY, hint="recorded in the perplexity protocol")
+    source: str = knob("auto", choices=SOURCES)
+    embedded: Optional[Embedded] = knob(None)
+    hub: Optional[Hub] = knob(None)
+    local: Optional[Local] = knob(None)
+    joiner: str = knob()
+
+
+@dataclass
+class Corpus(Dataset):
+    split: str = knob(check=NON_EMPTY, hint="split pretrained on")
+
+
+# ---- model -------------------------------------------------------------------------------------
+
+@dataclass
+class Pretrain:
+    domains: List[str] = knob(factory=list, hint="embedded domains (prose, code) or keys of corpora")
+    corpora: Optional[Dict[str, Corpus]] = knob(None)
+    data_dir: Optional[str] = knob(None)
+    vocab_size: int = knob(check=POSITIVE_INT)
+    n_layer: int = knob(check=POSITIVE_INT)
+    n_embd: int = knob(check=POSITIVE_INT)
+    n_head: int = knob(check=POSITIVE_INT)
+    block_size: int = knob(check=at_least(2), hint="the model's maximum context")
+    batch_size: int = knob(check=POSITIVE_INT)
+    steps: int = knob(check=POSITIVE_INT)
+    lr: float = knob(check=POSITIVE, hint="peak learning rate")
+    warmup_steps: int = knob(check=NON_NEGATIVE_INT)
+    weight_decay: float = knob(check=NON_NEGATIVE)
+    seed: int = knob()
+    tokenizer_chars: int = knob(check=POSITIVE_INT)
+    checkpoint_every: Optional[int] = knob(None, check=POSITIVE_INT)
+
+
+@dataclass
+class OutlierProfile:
+    channels: int = knob(4, check=POSITIVE_INT)
+    factor: float = knob(30.0, check=POSITIVE)
+    seed: int = knob(0)
+
+
+@dataclass
+class Model:
+    name: str = knob(check=NON_EMPTY)
+    name_or_path: Optional[str] = knob(None, hint="hub name or local directory; null = pretrained "
+                                                  "by quadapter from model.pretrain")
+    tokenizer: Optional[str] = knob(None)
+    dtype: str = knob("float32", choices=DTYPES)
+    trust_remote_code: bool = knob(False)
+    pretrain: Optional[Pretrain] = knob(None)
+    outlier_profile: Optional[OutlierProfile] = knob(
+        None, hint="e.g. model.outlier_profile={channels:4,factor:30.0,seed:0}")
+
+
+# ---- eval --------------------------------------------------------------------------------------
+
+SETS_HINT = "a held-out set is a dataset config: `- /dataset@sets.<name>: <dataset>` in an eval " \
+            "YAML, or +dataset@eval.sets.<name>=<dataset> on the command line"
+
+
+@dataclass
+class Eval:
+    sets: Dict[str, Dataset] = knob(factory=dict, hint=SETS_HINT)
+    name: str = knob(check=NON_EMPTY)
+    split: str = knob(check=NON_EMPTY, hint="split scored at the end of a run")
+    context: Optional[int] = knob(None, check=POSITIVE_INT, hint="tokens per window; null = the "
+                                                                  "model's maximum context")
+    stride: Optional[int] = knob(None, check=POSITIVE_INT, hint="tokens between window starts; "
+                                                                 "null = context")
+    batch_size: int = knob(check=POSITIVE_INT)
+    max_tokens: Optional[int] = knob(None, check=POSITIVE_INT, hint="null = all tokens")
+    val_split: str = knob(check=NON_EMPTY)
+    val_max_tokens: Optional[int] = knob(None, check=POSITIVE_INT, hint="null = all tokens")
+
+
+# ---- quantizer ---------------------------------------------------------------------------------
+
+@dataclass
+class WeightSide:
+    granularity: str = knob(choices=WEIGHT_GRANULARITIES)
+    symmetric: bool = knob()
+
+
+@dataclass
+class ActSide:
+    granularity: str = knob(choices=ACT_GRANULARITIES)
+    symmetric: bool = knob()
+
+
+@dataclass
+class Calibration:
+    split: str = knob(check=NON_EMPTY, hint="split of the fine-tuning dataset")
+    blocks: int = knob(check=POSITIVE_INT)
+    batch_size: int = knob(check=POSITIVE_INT)
+    outlier_top_channels: int = knob(check=POSITIVE_INT)
+
+
+@dataclass
+class MinMaxOptions:  # minmax has no options
+    pass
+
+
+@dataclass
+class RunningMinMaxOptions:
+    momentum: float = knob(0.1, check=Check(lambda v: 0 < v <= 1, "a number in (0, 1]"))
+
+
+@dataclass
+class PercentileOptions:
+    percentile: float = knob(99.99, check=Check(lambda v: 50 < v <= 100, "a number in (50, 100]"),
+                             hint="upper percentile kept; 100 = min-max")
+    max_samples: int = knob(65536, check=in_range(1, 2**24))
+    seed: int = knob(SAMPLE_SEED)
+
+
+@dataclass
+class MSEOptions:
+    num_candidates: int = knob(100, check=POSITIVE_INT)
+    max_samples: int = knob(65536, check=POSITIVE_INT)
+    seed: int = knob(SAMPLE_SEED)
+    chunk_elems: int = knob(2**22, check=POSITIVE_INT)
+
+
+ESTIMATOR_OPTIONS = {"minmax": MinMaxOptions, "running_minmax": RunningMinMaxOptions,
+                     "percentile": PercentileOptions, "mse": MSEOptions}
+
+
+@dataclass
+class Quantizer:
+    """Every key but ``name`` may be absent (``quantizer=none``); quantizing methods need them."""
+
+    name: str = knob(check=NON_EMPTY)
+    estimator: Optional[str] = knob(None, choices=ESTIMATORS, expect=f"one of {', '.join(ESTIMATORS)}")
+    estimator_kw: Any = knob(factory=dict, variants=ESTIMATOR_OPTIONS, tag="^estimator",
+                             hint="the options of quantizer.estimator")
+    weight: Optional[WeightSide] = knob(None)
+    act: Optional[ActSide] = knob(None)
+    learnable: Optional[str] = knob(None, choices=LEARNABLE, expect=f"one of {', '.join(LEARNABLE)}",
+                                    hint="range parameterization where ranges train")
+    sigmoid: Optional[bool] = knob(None)
+    calibration: Optional[Calibration] = knob(None)
+    sites: Optional[List[str]] = knob(
+        None, choices=QUANT_SITES, hint="attn.* and mlp.* are quantized in every block",
+        expect=f"a non-empty list of distinct sites from {', '.join(QUANT_SITES)}")
+
+
+# ---- bits, adapter -----------------------------------------------------------------------------
+
+@dataclass
+class Bits:
+    name: str = knob(check=NON_EMPTY)
+    weight: Optional[int] = knob(None, check=in_range(*BITS), expect=BITS_EXPECT,
+                                 hint="weight bit-width; null = not quantized; e.g. bits=w4a8")
+    act: Optional[int] = knob(None, check=in_range(*BITS), expect=BITS_EXPECT,
+                              hint="activation bit-width; null = not quantized; e.g. bits=w8a4")
+
+
+SCALE_SITES_HINT = "GPT-2 scale sites: ln1_qkv (ln_1 -> attn.c_attn), ln2_fc (ln_2 -> mlp.c_fc), " \
+                   "v_proj (V -> attn.c_proj)"
+
+
+@dataclass
+class NoAdapter:
+    name: str = knob()
+
+
+@dataclass
+class QuadapterAdapter:
+    name: str = knob()
+    sites: List[str] = knob(factory=list, choices=tuple(SCALE_SITES), hint=SCALE_SITES_HINT)
+    init: str = knob("ones", choices=ADAPTER_INITS)
+    migration: float = knob(0.5, check=UNIT_INTERVAL, hint="SmoothQuant migration strength")
+
+
+@dataclass
+class SmoothQuantAdapter:
+    name: str = knob()
+    sites: List[str] = knob(factory=list, choices=tuple(SCALE_SITES), hint=SCALE_SITES_HINT)
+    migration: float = knob(0.5, check=UNIT_INTERVAL, hint="SmoothQuant migration strength")
+
+
+ADAPTERS = {"none": NoAdapter, "quadapter": QuadapterAdapter, "smoothquant": SmoothQuantAdapter}
+
+
+# ---- method ------------------------------------------------------------------------------------
+
+@dataclass
+class Train:
+    steps: int = knob(check=POSITIVE_INT)
+    batch_size: int = knob(check=POSITIVE_INT)
+    warmup_steps: int = knob(check=NON_NEGATIVE_INT)
+    train_tokens: Optional[int] = knob(None, check=POSITIVE_INT, hint="null = the whole train split")
+
+
+@dataclass
+class QATLr:
+    weights: float = knob(check=POSITIVE)
+    ranges: float = knob(check=POSITIVE)
+
+
+@dataclass
+class QuadapterLr:
+    alpha: float = knob(check=POSITIVE)
+    ranges: float = knob(check=POSITIVE)
+
+
+@dataclass
+class Blockwise:
+    enabled: bool = knob()
+    steps: int = knob(check=POSITIVE_INT)
+    lr: float = knob(check=POSITIVE)
+    lr_ranges: float = knob(check=POSITIVE)
+    batch_size: int = knob(check=POSITIVE_INT)
+    offload_dir: Optional[str] = knob(None)
+
+
+@dataclass
+class EndToEnd(Train):
+    enabled: bool = knob()
+
+
+@dataclass
+class FPMethod:
+    name: str = knob()
+
+
+@dataclass
+class PTQMethod:
+    name: str = knob()
+
+
+@dataclass
+class QATMethod:
+    name: str = knob()
+    lr: QATLr = knob()
+    weight_decay: float = knob(check=NON_NEGATIVE)
+    train: Train = knob()
+
+
+@dataclass
+class QuadapterMethod:
+    name: str = knob()
+    save_folded: bool = knob()
+    learn_ranges: bool = knob()
+    lr: QuadapterLr = knob()
+    blockwise: Blockwise = knob()
+    e2e: EndToEnd = knob()
+
+
+METHODS = {"fp": FPMethod, "ptq": PTQMethod, "qat": QATMethod, "quadapter": QuadapterMethod}
+QUANTIZING_METHODS = ("ptq", "qat", "quadapter")
+
+
+# ---- trainer, logger ---------------------------------------------------------------------------
+
+@dataclass
+class Trainer:
+    accelerator: str = knob(choices=ACCELERATORS)
+    devices: int = knob(1, check=Check(lambda v: v == 1, "1"),
+                        hint="one device per run; sweeps parallelize runs through Hydra launchers")
+    precision: str = knob("32-true", choices=PRECISIONS)
+    val_check_interval: int = knob(check=POSITIVE_INT, hint="steps between held-out evaluations")
+    log_every_n_steps: int = knob(check=POSITIVE_INT)
+    gradient_clip_val: Optional[float] = knob(None, check=NON_NEGATIVE)
+    enable_progress_bar: bool = knob(True)
+
+
+@dataclass
+class Wandb:
+    project: str = knob(check=NON_EMPTY)
+    entity: Optional[str] = knob(None)
+    mode: str = knob("auto", choices=WANDB_MODES)
+    group: Optional[str] = knob(None)
+    tags: List[str] = knob(factory=list)
+
+
+@dataclass
+class Logger:
+    wandb: Optional[Wandb] = knob(None)
+    csv: bool = knob(True)
+
+
+# ---- the whole config --------------------------------------------------------------------------
+
+def _ignores_quantizer(cfg: Any) -> bool:
+    """method=fp, or a quantizer without ranges (quantizer=none): the run never reads it, so a
+    sweep over methods may add partial keys to it (``++quantizer.calibration.blocks=8``)."""
+    method, quantizer = cfg.get("method"), cfg.get("quantizer")
+    return (isinstance(method, dict) and method.get("name") == "fp") or (
+        isinstance(quantizer, dict) and quantizer.get("estimator") is None)
+
+
+@dataclass
+class Config:
+    seed: int = knob()
+    run_name: str = knob(check=NON_EMPTY)
+    resume: Resume = knob()
+    paths: Paths = knob()
+    model: Model = knob()
+    dataset: Dataset = knob()
+    eval: Eval = knob()
+    quantizer: Quantizer = knob(lenient_if=lambda cfg: _ignores_quantizer(cfg))
+    bits: Bits = knob()
+    adapter: Any = knob(variants=ADAPTERS, tag="name")
+    method: Any = knob(variants=METHODS, tag="name")
+    trainer: Trainer = knob()
+    logger: Logger = knob()

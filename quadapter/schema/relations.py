@@ -1,0 +1,369 @@
+"""Checks across keys: combinations that are each well-typed but do not make a run together.
+
+Each check reads the typed config through a ``View``; a key that already failed its own check
+makes the checks that read it stand down, so one mistake is reported once.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Mapping
+
+from quadapter.schema.fields import Problems, show
+from quadapter.schema.groups import (
+    EMBEDDED_DOMAINS,
+    EMBEDDED_SPLITS,
+    QUANTIZING_METHODS,
+    SCALE_SITES,
+)
+
+
+class _Skip(Exception):
+    """A value the check needs is missing or already reported."""
+
+
+class View:
+    """Reads a dotted key of the typed config, or skips the check (see ``_Skip``)."""
+
+    def __init__(self, data: Mapping[str, Any], problems: Problems):
+        self.data, self.problems = data, problems
+
+    def __call__(self, key: str) -> Any:
+        for bad in self.problems.bad:
+            if bad == key or bad.startswith(key + ".") or key.startswith(bad + "."):
+                raise _Skip
+        node: Any = self.data
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                raise _Skip
+            node = node[part]
+        if isinstance(node, str) and node == "???":
+            raise _Skip
+        return node
+
+
+Relation = Callable[[View, Problems], None]
+RELATIONS: list[Relation] = []
+
+
+def relation(fn: Relation) -> Relation:
+    RELATIONS.append(fn)
+    return fn
+
+
+def run_relations(view: View, problems: Problems) -> None:
+    for check in RELATIONS:
+        try:
+            check(view, problems)
+        except _Skip:
+            pass
+
+
+# ---- quantization ------------------------------------------------------------------------------
+
+@relation
+def quantizing_methods_need_bits_and_ranges(v: View, p: Problems) -> None:
+    method = v("method.name")
+    if method not in QUANTIZING_METHODS:
+        return
+    weight, act = v("bits.weight"), v("bits.act")
+    if weight is None and act is None:
+        p.add(["bits.weight", "bits.act"],
+              f"method={method} with bits={v('bits.name')} quantizes nothing: choose quantized "
+              "bits, e.g. bits=w8a8 or bits=w4a8 (bits.weight and bits.act are both null)")
+    q = v("quantizer")
+    if q["name"] == "none" or q["estimator"] is None:
+        p.add("quantizer.estimator",
+              f"method={method} with quantizer={q['name']} has no quantization ranges: choose "
+              "quantizer=minmax, quantizer=percentile, quantizer=mse or quantizer=learned")
+        return
+    needed = {"weight": weight is not None, "act": act is not None, "learnable": True,
+              "sigmoid": True, "calibration": True, "sites": True}
+    for key, need in needed.items():
+        if need and q[key] is None:
+            p.missing(f"quantizer.{key}", f"a value: method={method} needs it",
+                      "every key of conf/quantizer/minmax.yaml")
+
+
+@relation
+def sigmoid_only_with_beta_gamma(v: View, p: Problems) -> None:
+    learnable = v("quantizer.learnable")
+    if v("quantizer.sigmoid") and learnable != "beta_gamma":
+        p.invalid("quantizer.sigmoid", True, "false unless quantizer.learnable=beta_gamma",
+                  detail=f"quantizer.learnable={show(learnable)}")
+
+
+@relation
+def bits_name_matches_bits(v: View, p: Problems) -> None:
+    """The name labels runs, tags and tables: a w8a8 run must not be a W4A8 run in disguise."""
+    if v("method.name") == "fp":  # fp records bits=fp whatever the bits group says
+        return
+    name, weight, act = v("bits.name"), v("bits.weight"), v("bits.act")
+    m = re.fullmatch(r"w(\d+)a(\d+)", name)
+    if (name == "fp" and (weight, act) != (None, None)) or (
+            m and (weight, act) != (int(m[1]), int(m[2]))):
+        right = "fp" if (weight, act) == (None, None) else \
+            f"w{weight if weight is not None else 'fp'}a{act if act is not None else 'fp'}"
+        p.add("bits.name", f"bits.name={show(name)} does not match bits.weight={show(weight)}, "
+                           f"bits.act={show(act)}: choose the preset (e.g. bits=w4a8) or also set "
+                           f"bits.name={right} (it names the run in results, tags and tables)")
+
+
+# ---- method x adapter --------------------------------------------------------------------------
+
+_ADAPTER_FIX = {
+    ("fp", "quadapter"): "method=fp evaluates the model as loaded, so adapter=quadapter would be "
+                         "ignored: use method=quadapter, or adapter=none",
+    ("fp", "smoothquant"): "method=fp evaluates the model as loaded, so adapter=smoothquant would "
+                           "be ignored: use method=ptq adapter=smoothquant, or adapter=none",
+    ("ptq", "quadapter"): "method=ptq never trains Quadapter's α (it would stay 1): use "
+                          "method=quadapter to learn it, or adapter=smoothquant for training-free "
+                          "scales",
+    ("qat", "quadapter"): "method=qat does not use adapters, so adapter=quadapter would be ignored: "
+                          "use method=quadapter, or adapter=none",
+    ("qat", "smoothquant"): "method=qat does not use adapters, so adapter=smoothquant would be "
+                            "ignored: use method=ptq adapter=smoothquant, or adapter=none",
+    ("quadapter", "none"): "method=quadapter needs adapter=quadapter (got adapter=none): it learns "
+                           "the α at adapter.sites (ln1_qkv, ln2_fc, v_proj)",
+    ("quadapter", "smoothquant"): "method=quadapter needs adapter=quadapter (got "
+                                  "adapter=smoothquant): to start α from SmoothQuant's scales use "
+                                  "adapter=quadapter adapter.init=smoothquant",
+}
+
+
+@relation
+def method_uses_its_adapter(v: View, p: Problems) -> None:
+    fix = _ADAPTER_FIX.get((v("method.name"), v("adapter.name")))
+    if fix:
+        p.add(["method.name", "adapter.name"], fix)
+
+
+@relation
+def adapter_consumers_are_quantized(v: View, p: Problems) -> None:
+    if v("adapter.name") == "none" or v("method.name") not in ("ptq", "quadapter"):
+        return
+    quantized = v("quantizer.sites")
+    if quantized is None:
+        return
+    for site in v("adapter.sites"):
+        consumer = SCALE_SITES[site]
+        if consumer not in quantized:
+            p.add("adapter.sites", f"adapter.sites has {site}, whose consumer {consumer} is not in "
+                                   f"quantizer.sites={show(quantized)}: add {consumer} to "
+                                   f"quantizer.sites or drop {site}")
+
+
+@relation
+def v_proj_needs_fixed_per_channel_weight_ranges(v: View, p: Problems) -> None:
+    if v("adapter.name") == "none" or "v_proj" not in v("adapter.sites") or v("bits.weight") is None:
+        return
+    granularity, learnable = v("quantizer.weight.granularity"), v("quantizer.learnable")
+    if granularity != "per_channel" or learnable != "none":
+        p.add("adapter.sites", "adapter.sites has v_proj, which folds exactly into attn.c_attn only "
+                               "with per-channel fixed weight ranges; got quantizer.weight."
+                               f"granularity={show(granularity)}, quantizer.learnable="
+                               f"{show(learnable)}: use quantizer=minmax (or mse, percentile) or "
+                               "drop v_proj")
+
+
+@relation
+def smoothquant_needs_activation_ranges(v: View, p: Problems) -> None:
+    adapter = v("adapter.name")
+    if adapter == "smoothquant" or (adapter == "quadapter" and v("adapter.init") == "smoothquant"):
+        if v("bits.act") is None:
+            which = "adapter=smoothquant" if adapter == "smoothquant" else "adapter.init=smoothquant"
+            p.add("bits.act", f"{which} needs quantized activations (bits.act=null): SmoothQuant's α "
+                              "comes from the calibrated activation ranges; choose bits with an "
+                              "activation bit-width, e.g. bits=w8a8")
+
+
+@relation
+def quadapter_range_learning_needs_learnable_ranges(v: View, p: Problems) -> None:
+    if v("method.name") != "quadapter":
+        return
+    learn, learnable = v("method.learn_ranges"), v("quantizer.learnable")
+    if learn and learnable == "none":
+        p.add("method.learn_ranges", "method.learn_ranges=true needs learnable ranges, but "
+                                     "quantizer.learnable='none': use quantizer=learned (or set "
+                                     "quantizer.learnable)")
+    elif learn and v("bits.act") is None:
+        p.add("method.learn_ranges", "method.learn_ranges=true trains the activation ranges, but "
+                                     "activations are not quantized (bits.act=null)")
+    elif learn and v("quantizer.act.granularity") == "per_token":
+        p.add("method.learn_ranges", "method.learn_ranges=true has nothing to train: per_token "
+                                     "activation ranges are dynamic (quantizer.act.granularity)")
+    elif not learn and learnable != "none":
+        p.add("quantizer.learnable", f"quantizer.learnable={show(learnable)} with method=quadapter "
+                                     "and method.learn_ranges=false: the ranges would be learnable "
+                                     "parameters that never train; set method.learn_ranges=true, "
+                                     "or use fixed ranges (quantizer=minmax)")
+
+
+# ---- model, eval -------------------------------------------------------------------------------
+
+def _pretrained_here(v: View) -> Mapping[str, Any] | None:
+    """The pretraining spec when quadapter pretrains the model itself, else None."""
+    return v("model.pretrain") if v("model.name_or_path") is None else None
+
+
+@relation
+def pretrained_model_needs_a_spec(v: View, p: Problems) -> None:
+    if v("model.name_or_path") is None and v("model.pretrain") is None:
+        p.add("model.pretrain", "model.name_or_path=null needs model.pretrain (the spec of the model "
+                                "quadapter pretrains): set model.name_or_path to a hub name or a "
+                                "directory, or use model=tiny")
+
+
+@relation
+def pretrain_spec_is_consistent(v: View, p: Problems) -> None:
+    spec = _pretrained_here(v)
+    if spec is None:
+        return
+    if spec["n_embd"] % spec["n_head"]:
+        p.add("model.pretrain.n_head", f"model.pretrain.n_head={spec['n_head']} does not divide "
+                                       f"model.pretrain.n_embd={spec['n_embd']}: attention heads "
+                                       "split the hidden size evenly")
+    corpora = spec.get("corpora") or {}
+    domains = list(spec["domains"])
+    unknown = [d for d in domains if d not in EMBEDDED_DOMAINS and d not in corpora]
+    if unknown or not domains or len(set(domains)) != len(domains):
+        p.invalid("model.pretrain.domains", domains,
+                  f"a non-empty list of distinct embedded domains ({', '.join(EMBEDDED_DOMAINS)}) "
+                  f"or keys of model.pretrain.corpora ({', '.join(corpora) or 'none'})",
+                  detail=f"unknown: {', '.join(map(repr, unknown))}" if unknown else None)
+
+
+@relation
+def outlier_channels_fit_the_model(v: View, p: Problems) -> None:
+    profile, spec = v("model.outlier_profile"), _pretrained_here(v)
+    if profile is not None and spec is not None and profile["channels"] > spec["n_embd"]:
+        p.invalid("model.outlier_profile.channels", profile["channels"],
+                  f"an integer in 1..{spec['n_embd']} (model.pretrain.n_embd)")
+
+
+@relation
+def eval_windows_fit(v: View, p: Problems) -> None:
+    context, stride = v("eval.context"), v("eval.stride")
+    if context is not None and stride is not None and stride > context:
+        p.add("eval.stride", f"eval.stride={stride} is larger than eval.context={context}: tokens "
+                             "between windows would never be scored; use a stride <= context")
+    spec = _pretrained_here(v)
+    if context is not None and spec is not None and context > spec["block_size"]:
+        p.add("eval.context", f"eval.context={context} is larger than the model's maximum context "
+                              f"(model.pretrain.block_size={spec['block_size']}); use "
+                              f"eval.context<={spec['block_size']} or null")
+
+
+# ---- datasets ----------------------------------------------------------------------------------
+
+def _datasets(v: View) -> dict[str, Mapping[str, Any]]:
+    """Every dataset config of the run by its key: the fine-tuning set and the held-out sets."""
+    out = {"dataset": v("dataset")}
+    for key, spec in v("eval.sets").items():
+        out[f"eval.sets.{key}"] = spec
+    return out
+
+
+def _source(spec: Mapping[str, Any], data_dir: str | None) -> str:
+    """As data.corpora.resolve_source: auto is embedded, else the local mirror if set, else the hub."""
+    if spec["source"] != "auto":
+        return spec["source"]
+    if spec["embedded"]:
+        return "embedded"
+    return "local" if data_dir and spec["local"] else "hub"
+
+
+def _splits(spec: Mapping[str, Any], data_dir: str | None) -> tuple[str, ...] | None:
+    """The splits a dataset has where that is known without loading it (not on the hub)."""
+    source = _source(spec, data_dir)
+    if source == "embedded" and spec["embedded"]:
+        return EMBEDDED_SPLITS
+    if source == "local" and spec["local"]:
+        return tuple(spec["local"]["files"])
+    return None
+
+
+def _check_source(key: str, spec: Mapping[str, Any], data_dir: str | None, p: Problems) -> bool:
+    source, name = spec["source"], spec["name"]
+    where = {"embedded": "it is not an embedded corpus", "local": "it has no local layout",
+             "hub": "it has no hub location"}
+    resolved = _source(spec, data_dir)
+    if not spec[resolved]:
+        other = [s for s in ("embedded", "local", "hub") if spec[s]]
+        fix = f"use {key}.source={' or '.join(other)}" if other else f"give {key}.{resolved}"
+        if source == "auto" and spec["local"]:
+            fix = "set QUADAPTER_DATA_DIR (or paths.data_dir) to a local mirror"
+        p.add(f"{key}.source", f"{key}.source={show(source)} is invalid for dataset {name!r}: "
+                               f"{where[resolved]} ({key}.{resolved} is null); {fix}")
+        return False
+    if resolved == "local" and not data_dir:
+        p.add(f"{key}.source", f"{key}.source='local' needs a data dir for dataset {name!r}: set "
+                               "QUADAPTER_DATA_DIR or paths.data_dir to a folder laid out like "
+                               "shared/data")
+        return False
+    return True
+
+
+def _check_split(what: str, split: str, key: str, spec: Mapping[str, Any], data_dir: str | None,
+                 p: Problems) -> None:
+    splits = _splits(spec, data_dir)
+    if splits is not None and split not in splits:
+        p.add(what, f"{what}={show(split)} is invalid for dataset {spec['name']!r} ({key}): it has "
+                    f"the splits {', '.join(splits)}")
+
+
+@relation
+def datasets_can_be_loaded(v: View, p: Problems) -> None:
+    data_dir = v("paths.data_dir")
+    for key, spec in _datasets(v).items():
+        if _check_source(key, spec, data_dir, p):
+            try:
+                _check_split("eval.split", v("eval.split"), key, spec, data_dir, p)
+            except _Skip:
+                pass
+
+
+@relation
+def fine_tuning_set_has_the_splits_the_method_reads(v: View, p: Problems) -> None:
+    method, spec, data_dir = v("method.name"), v("dataset"), v("paths.data_dir")
+    if "dataset.source" in p.bad:
+        return
+    if method in QUANTIZING_METHODS:
+        _check_split("quantizer.calibration.split", v("quantizer.calibration.split"), "dataset",
+                     spec, data_dir, p)
+    trains = method == "qat" or (method == "quadapter" and v("method.e2e.enabled"))
+    splits = _splits(spec, data_dir)
+    if trains and splits is not None and "train" not in splits:
+        p.add("dataset", f"method={method} trains on the train split of dataset {spec['name']!r}, "
+                         f"which has only {', '.join(splits)}: choose a fine-tuning dataset with a "
+                         "train split (dataset=...)")
+
+
+@relation
+def pretraining_corpora_can_be_loaded(v: View, p: Problems) -> None:
+    spec = _pretrained_here(v)
+    if spec is None:
+        return
+    data_dir = spec.get("data_dir")
+    for name, corpus in (spec.get("corpora") or {}).items():
+        key = f"model.pretrain.corpora.{name}"
+        if _check_source(key, corpus, data_dir, p):
+            _check_split(f"{key}.split", corpus["split"], key, corpus, data_dir, p)
+
+
+@relation
+def held_out_sets_are_keyed_by_name(v: View, p: Problems) -> None:
+    """``eval_sets`` keys sets by their name, so a mismatch would drop or rename a set silently."""
+    first: dict[str, tuple[str, str]] = {}
+    for key, spec in _datasets(v).items():
+        name = spec["name"]
+        if key.startswith("eval.sets.") and key.rpartition(".")[2] != name:
+            p.add(f"{key}.name", f"{key} is dataset {name!r} ({key}.name): held-out sets are keyed "
+                                 f"by their name; add it as +dataset@eval.sets.{name}=<dataset>, or "
+                                 f"set {key}.name={key.rpartition('.')[2]}")
+        elif name in first and first[name][1] != spec["variant"]:
+            p.add(f"{key}.variant", f"{key} and {first[name][0]} are both named {name!r} but are "
+                                    f"different data ({show(spec['variant'])} vs "
+                                    f"{show(first[name][1])}): only {first[name][0]} would be "
+                                    "scored; rename one (its .name)")
+        first.setdefault(name, (key, spec["variant"]))
