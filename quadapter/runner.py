@@ -16,14 +16,15 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from quadapter.data import eval_sets, token_ids
-from quadapter.errors import RunInterrupted, TrainingError
+from quadapter.errors import ConfigError, RunInterrupted, TrainingError
 from quadapter.evaluation import perplexity
 from quadapter.interrupts import interruptible
 from quadapter.methods import RunContext, check_config, get_method
 from quadapter.methods.embedded_model import ensure_embedded_model
-from quadapter.models.loading import load_model
+from quadapter.models.loading import eval_window, load_model
 from quadapter.models.outliers import apply_outlier_profile
 from quadapter.resume import decide, previous_results
 from quadapter.tracking import (build_loggers, close_loggers, config_hash, environment, log_metrics,
@@ -52,8 +53,13 @@ def run(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> dict[
     run_dir.mkdir(parents=True, exist_ok=True)
     results_path = run_dir / "results.json"
     previous = previous_results(results_path)
-    action = decide(previous, config_hash(cfg), run_dir, cfg.resume.skip_completed,
-                    cfg.resume.rerun_failed)
+    try:
+        chash = config_hash(cfg)
+    except OmegaConfBaseException as e:  # e.g. an interpolation to a key that does not exist
+        if previous is None:  # never over an earlier run's results
+            write_json_atomic(results_path, {"status": "failed", "error": f"ConfigError: {e}"})
+        raise ConfigError(f"the config does not resolve: {e}") from None
+    action = decide(previous, chash, run_dir, cfg.resume.skip_completed, cfg.resume.rerun_failed)
     if action == "skip":
         if previous["status"] == "failed":
             log.warning("%s failed earlier (%s); skipped: pass resume.rerun_failed=true to run it again",
@@ -69,7 +75,7 @@ def run(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> dict[
         "bits": "fp" if cfg.method.name == "fp" else cfg.bits.name,  # fp never quantizes
         "dataset": cfg.dataset.name,
         "adapter": cfg.adapter.name, "quantizer": cfg.quantizer.name, "eval": cfg.eval.name,
-        "seed": cfg.seed, "metrics": {}, "protocol": {}, "config_hash": config_hash(cfg),
+        "seed": cfg.seed, "metrics": {}, "protocol": {}, "config_hash": chash,
         "attempts": [*(previous or {}).get("attempts", []),
                      *([{k: previous.get(k) for k in ("status", "error")}] if previous else [])],
         "timings": {}, "environment": environment(),
@@ -125,6 +131,13 @@ def _execute(cfg: DictConfig, run_dir: Path, cache_dir: Path, data_dir: str | No
         results["model"] = f"{cfg.model.name}+outliers"
         log.info("controlled outlier profile: channels %s of ln_1/ln_2 x%g (FP function unchanged)",
                  results["outlier_profile"]["channel_ids"], results["outlier_profile"]["factor"])
+    context, stride = eval_window(model, cfg.eval.context, cfg.eval.stride)
+    if cfg.eval.max_tokens is not None and cfg.eval.max_tokens < 2:
+        raise ConfigError(f"eval.max_tokens={cfg.eval.max_tokens} scores nothing: set it to null "
+                          "(every token) or at least 2")
+    # every held-out split is read now, so a missing or empty one fails before the method runs
+    test_ids = {name: token_ids(spec, cfg.eval.split, tokenizer, data_dir, cache_dir)
+                for name, spec in eval_sets(cfg).items()}
     timings["load_s"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
@@ -134,10 +147,8 @@ def _execute(cfg: DictConfig, run_dir: Path, cache_dir: Path, data_dir: str | No
     timings["method_s"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
-    context = cfg.eval.context or model.config.n_positions
-    stride = cfg.eval.stride or context
     for name, spec in eval_sets(cfg).items():
-        ids = token_ids(spec, cfg.eval.split, tokenizer, data_dir, cache_dir)
+        ids = test_ids[name]
         total = len(ids)
         if cfg.eval.max_tokens:
             ids = ids[:cfg.eval.max_tokens]

@@ -98,6 +98,13 @@ def test_sigterm_during_training_checkpoints_and_the_rerun_resumes(tmp_path, sma
     resumed = run(cfg, tmp_path)
     assert resumed["status"] == "completed"
     assert [row["step"] for row in resumed["training"]["curves"]] == [0, 3, 6]  # none duplicated
+    # same batches, same dropout masks: the resumed run ends exactly where an unbroken one does
+    unbroken = run(cfg, tmp_path / "unbroken")
+    assert resumed["metrics"] == unbroken["metrics"]
+
+    def held_out(r):
+        return [{k: v for k, v in row.items() if k.startswith("val/")} for row in r["training"]["curves"]]
+    assert held_out(resumed) == held_out(unbroken)
     assert resumed["attempts"] == [{"status": "interrupted", "error": res["error"]}]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
 

@@ -20,12 +20,14 @@ import torch
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
 from quadapter.data import token_ids
-from quadapter.data.corpora import DataError
+from quadapter.checkpoints import check_checkpoint
+from quadapter.data.corpora import DataError, MissingSplitError
 from quadapter.data.datamodule import LMDataModule
 from quadapter import interrupts
 from quadapter.errors import RunInterrupted, TrainingError
 from quadapter.evaluation import perplexity
 from quadapter.methods.lm_module import CausalLMModule
+from quadapter.models.loading import eval_window
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,21 @@ class PerplexityCurves(Callback):
         self.history[:] = state_dict["history"]  # in place: the run summary holds this list
 
 
+class RandomState(Callback):
+    """Saves the RNG state (dropout masks) in checkpoints, so a resumed run continues bit-identically."""
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
 class StopOnSignal(Callback):
     """Checkpoint and stop at the end of the batch in which SIGINT/SIGTERM arrived (``interrupts``)."""
 
@@ -106,16 +123,18 @@ def heldout_curve_sets(ctx, sets: dict) -> tuple[dict[str, torch.Tensor], dict[s
     cfg = ctx.cfg
     out, used = {}, {}
     for name, spec in sets.items():
+        missing = None
         for split in dict.fromkeys([cfg.eval.val_split, cfg.eval.split]):
             try:
                 ids = token_ids(spec, split, ctx.tokenizer, cfg.paths.data_dir, ctx.cache_dir)
-            except DataError:
+            except MissingSplitError as e:  # any other DataError is a broken input: it surfaces
+                missing = e
                 continue
             out[name], used[name] = ids[: cfg.eval.val_max_tokens or None], split
             break
         else:
             raise DataError(f"held-out set {name!r} has neither a {cfg.eval.val_split!r} nor a "
-                            f"{cfg.eval.split!r} split to draw its curve from")
+                            f"{cfg.eval.split!r} split to draw its curve from: {missing}")
         if used[name] != cfg.eval.val_split:
             log.warning("held-out set %s has no %s split: its curve uses %s", name,
                         cfg.eval.val_split, used[name])
@@ -130,15 +149,21 @@ def train_lm(ctx, param_groups: list[dict], train_cfg, phase: str, eval_sets: di
     resumes from the last one.
     """
     cfg, model = ctx.cfg, ctx.model
-    context = cfg.eval.context or model.config.n_positions
+    context, stride = eval_window(model, cfg.eval.context, cfg.eval.stride)
     train = token_ids(cfg.dataset, "train", ctx.tokenizer, cfg.paths.data_dir, ctx.cache_dir)
     if train_cfg.train_tokens:
         train = train[: train_cfg.train_tokens]
+    source = f"dataset {cfg.dataset.name!r}, split 'train'" + (
+        f" (its first method.train.train_tokens={train_cfg.train_tokens})" if train_cfg.train_tokens
+        else "")
     data = LMDataModule([train], block_size=context, batch_size=train_cfg.batch_size,
-                        num_samples=train_cfg.steps * train_cfg.batch_size, seed=cfg.seed)
+                        num_samples=train_cfg.steps * train_cfg.batch_size, seed=cfg.seed,
+                        sources=[source], fix="training cuts it into blocks of eval.context tokens "
+                        "(null: the model's n_positions); lower eval.context, or fine-tune on a "
+                        "larger split or dataset")
     curve_ids, curve_splits = heldout_curve_sets(ctx, eval_sets)
     every = cfg.trainer.val_check_interval
-    curves = PerplexityCurves(curve_ids, context, cfg.eval.stride or context, cfg.eval.batch_size, every)
+    curves = PerplexityCurves(curve_ids, context, stride, cfg.eval.batch_size, every)
     ckpt_dir = Path(ctx.run_dir) / "checkpoints" / phase
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=every,
                                  save_top_k=0)
@@ -150,10 +175,12 @@ def train_lm(ctx, param_groups: list[dict], train_cfg, phase: str, eval_sets: di
         gradient_clip_val=cfg.trainer.gradient_clip_val, log_every_n_steps=cfg.trainer.log_every_n_steps,
         enable_progress_bar=cfg.trainer.enable_progress_bar, enable_model_summary=False,
         logger=ctx.loggers or False, default_root_dir=str(ctx.run_dir), limit_val_batches=0,
-        callbacks=[curves, checkpoint]
+        callbacks=[curves, checkpoint, RandomState()]
         + ([LearningRateMonitor(logging_interval="step")] if ctx.loggers else [])
         + ([TQDMProgressBar(refresh_rate=10)] if cfg.trainer.enable_progress_bar else []))
     last = ckpt_dir / "last.ckpt"
+    if last.is_file():
+        check_checkpoint(last)  # a damaged file is a CheckpointError naming it, not a zip error
     trainer.callbacks.append(StopOnSignal(last))
     model.train()  # dropout as in pretraining; the curve callback evaluates in eval mode
     summary = {"phase": phase, "steps": train_cfg.steps, "train_tokens": len(train),

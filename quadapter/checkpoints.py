@@ -1,0 +1,51 @@
+"""A resumable Lightning checkpoint, or a ``CheckpointError`` saying which file to delete.
+
+Training resumes from ``<run dir>/checkpoints/<phase>/last.ckpt``. A file that cannot be read
+(truncated by a full disk or an interrupted copy, or not a checkpoint at all) would otherwise fail
+deep inside ``Trainer.fit`` with a zip-archive error; checking it first names the file and the fix.
+The check loads it the way Lightning resumes it (``torch.load`` with ``weights_only=True``, which
+refuses pickled code), memory-mapped so the tensors themselves are not read.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+
+from quadapter.errors import UserError
+
+# What Lightning's resume reads from every checkpoint it writes.
+REQUIRED_KEYS = ("state_dict", "global_step", "loops", "optimizer_states")
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be resumed from; the message names the file and how to start over."""
+
+
+def check_checkpoint(path: str | Path) -> None:
+    """Raise ``CheckpointError`` unless ``path`` is a readable Lightning checkpoint to resume from."""
+    path = Path(path)
+    fix = (f"delete it (rm {path}) to restart this training phase from step 0, or rerun in a new "
+           "run dir")
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path} to resume from; start the phase without one")
+    try:
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as e:
+        if any("GLOBAL" in line for line in str(e).splitlines()):
+            reason = "it holds pickled Python objects that a weights-only load refuses"
+        else:
+            reason = "it is corrupt: torch.load cannot read it"
+        raise CheckpointError(f"checkpoint {path} cannot be resumed from: {reason}; {fix}") from e
+    except Exception as e:  # zip, EOF and OS errors: a truncated or foreign file
+        detail = str(e).split(". ")[0]  # torch's zip errors go on for a paragraph
+        raise CheckpointError(f"checkpoint {path} cannot be resumed from: it is truncated or corrupt "
+                              f"({type(e).__name__}: {detail}); {fix}") from e
+    missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} cannot be resumed from: it is not a Lightning "
+                              f"training checkpoint (no {', '.join(missing)}); {fix}")
