@@ -130,7 +130,7 @@ def test_unknown_group_option_lists_the_available_ones(tmp_path):
 def test_help_lists_every_group_and_option(tmp_path):
     out = quadapter("--help", cwd=tmp_path).stdout
     conf = Path(__file__).resolve().parents[1] / "conf"
-    for group in [d for d in conf.iterdir() if d.is_dir()]:
+    for group in [d for d in conf.iterdir() if d.is_dir() and d.name != "hydra"]:  # --help omits hydra/*
         options = ", ".join(sorted(p.stem for p in group.glob("*.yaml")))
         assert f"{group.name}: {options}" in out
 
