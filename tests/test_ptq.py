@@ -80,8 +80,8 @@ def test_ptq_cli_w8a8_is_lossless_and_w4a4_is_not(tmp_path, small_model_dir):
     quadapter("-m", *QUICK, "compare=fp,ptq", "bits=w8a8,w4a4", f"hydra.sweep.dir={sweep}",
               cwd=tmp_path)
     jobs = {"0": "fp-w8a8", "1": "fp-w4a4", "2": "ptq-w8a8", "3": "ptq-w4a4"}  # compare outer, bits inner
-    res = {f"{jobs[p.parent.name.split('_')[0]]}-tiny-prose": json.loads(p.read_text())
-           for p in sweep.glob("*/results.json")}
+    runs = {f"{jobs[p.parent.name.split('_')[0]]}-tiny-prose": p.parent for p in sweep.glob("*/results.json")}
+    res = {name: json.loads((d / "results.json").read_text()) for name, d in runs.items()}
     assert len(res) == 4 and all(r["status"] == "completed" for r in res.values()), res.keys()
     fp = res["fp-w8a8-tiny-prose"]["metrics"]
     assert res["fp-w4a4-tiny-prose"]["metrics"] == fp  # fp ignores bits; and runs are deterministic
