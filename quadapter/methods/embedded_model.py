@@ -4,6 +4,11 @@ It is a real ``GPT2LMHeadModel`` with its own byte-level BPE, so every GPT-2 cod
 and it needs no download. It is trained once per (config, Python version) — the corpora are the
 installed standard library — cached under the cache dir, and reused by every later run. Training
 checkpoints as it goes, so an interrupted pretraining resumes where it stopped.
+
+``spec["domains"]`` names what it learns, with equal weight: an embedded domain (``prose``,
+``code``) or a key of ``spec["corpora"]``, a dataset config (``conf/dataset/*.yaml``) plus the
+``split`` pretrained on, read from ``spec["data_dir"]`` (a local mirror) or the hub. Such a model
+(``model=proxy``) is keyed by the sha256 of each real corpus's text instead of the data dir's path.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from pytorch_lightning.loggers import CSVLogger
 from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from quadapter.data.corpora import load_rows
 from quadapter.data.datamodule import LMDataModule
-from quadapter.data.embedded import embedded_documents
+from quadapter.data.embedded import DOMAINS, embedded_documents
 from quadapter.data.tokens import cached_encode
+from quadapter.errors import ConfigError
 from quadapter.methods.lm_module import CausalLMModule, weight_groups
 
 log = logging.getLogger(__name__)
@@ -34,9 +41,50 @@ EOS = "<|endoftext|>"
 JOINER = "\n\n"  # the embedded dataset configs' joiner, so token caches are shared with evaluation
 
 
+def check_domains(spec: Mapping[str, Any]) -> None:
+    """Every domain is an embedded one or a key of ``corpora``; ConfigError naming the fix if not."""
+    corpora = spec.get("corpora") or {}
+    for domain in spec["domains"]:
+        if domain not in corpora and domain not in DOMAINS:
+            raise ConfigError(
+                f"model.pretrain.domains has {domain!r}, which is neither an embedded domain "
+                f"({', '.join(DOMAINS)}) nor a key of model.pretrain.corpora "
+                f"({', '.join(corpora) or 'none'}); add it to corpora or remove it")
+
+
+def domain_documents(spec: Mapping[str, Any], domain: str) -> list[str]:
+    """One pretraining domain's documents: the embedded train split, or a real corpus's rows."""
+    corpora = spec.get("corpora") or {}
+    if domain in corpora:
+        corpus = corpora[domain]
+        return load_rows(corpus, corpus["split"], spec.get("data_dir"))
+    return embedded_documents(domain, "train")
+
+
+def _domain_text(spec: Mapping[str, Any], domain: str) -> str:
+    corpora = spec.get("corpora") or {}
+    joiner = corpora[domain]["joiner"] if domain in corpora else JOINER
+    return joiner.join(domain_documents(spec, domain))
+
+
+def _cache_key(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Every pretraining knob; for real corpora the hash of their text, not where the data dir is.
+
+    A spec without real corpora (``model=tiny``) hashes exactly as it always has, so its cached
+    model stays valid.
+    """
+    key = {"spec": dict(spec), "python": platform.python_version()}
+    used = [d for d in spec["domains"] if d in (spec.get("corpora") or {})]
+    if "corpora" in spec or "data_dir" in spec:
+        key["spec"].pop("data_dir", None)
+        key["data"] = {d: hashlib.sha256(_domain_text(spec, d).encode()).hexdigest() for d in used}
+    return key
+
+
 def embedded_model_dir(spec: Mapping[str, Any], cache_dir: str | Path) -> Path:
     """Where the model for ``spec`` lives: keyed by every pretraining knob and the Python version."""
-    blob = json.dumps({"spec": dict(spec), "python": platform.python_version()}, sort_keys=True)
+    check_domains(spec)
+    blob = json.dumps(_cache_key(spec), sort_keys=True)
     return Path(cache_dir) / "models" / f"embedded-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
@@ -58,7 +106,7 @@ def _train_tokenizer(spec: dict, out: Path) -> PreTrainedTokenizerFast:
     texts = []
     for domain in spec["domains"]:
         budget = spec["tokenizer_chars"]
-        for doc in embedded_documents(domain, "train"):
+        for doc in domain_documents(spec, domain):
             texts.append(doc[:budget])
             budget -= len(texts[-1])
             if budget <= 0:
@@ -78,8 +126,7 @@ def _pretrain(spec: dict, final: Path, cache_dir: str | Path) -> None:
     start = time.time()
     log.info("pretraining the embedded model into %s (once; later runs reuse it)", final)
     tok = _train_tokenizer(spec, work / "tokenizer")
-    train = [cached_encode(JOINER.join(embedded_documents(d, "train")), tok, cache_dir)
-             for d in spec["domains"]]
+    train = [cached_encode(_domain_text(spec, d), tok, cache_dir) for d in spec["domains"]]
     pl.seed_everything(spec["seed"], workers=True, verbose=False)
     config = GPT2Config(vocab_size=len(tok), n_positions=spec["block_size"], n_embd=spec["n_embd"],
                         n_layer=spec["n_layer"], n_head=spec["n_head"], bos_token_id=tok.eos_token_id,
@@ -105,7 +152,10 @@ def _pretrain(spec: dict, final: Path, cache_dir: str | Path) -> None:
     meta = {"spec": spec, "python": platform.python_version(), "parameters":
             sum(p.numel() for p in module.model.parameters()), "train_tokens":
             spec["steps"] * spec["batch_size"] * spec["block_size"], "final_train_loss":
-            float(loss) if loss is not None else None, "seconds": round(time.time() - start, 1)}
+            float(loss) if loss is not None else None, "seconds": round(time.time() - start, 1),
+            "domain_tokens": {d: len(ids) for d, ids in zip(spec["domains"], train, strict=True)}}
+    if "data" in (key := _cache_key(spec)):
+        meta["data_sha256"] = key["data"]
     (staging / "pretrain.json").write_text(json.dumps(meta, indent=2))
     staging.rename(final)
     shutil.rmtree(work, ignore_errors=True)
