@@ -29,12 +29,14 @@ from pytorch_lightning.loggers import CSVLogger
 from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from quadapter.checkpoints import check_checkpoint
 from quadapter.data.corpora import load_rows
 from quadapter.data.datamodule import LMDataModule
 from quadapter.data.embedded import DOMAINS, embedded_documents
 from quadapter.data.tokens import cached_encode
 from quadapter.errors import ConfigError
 from quadapter.methods.lm_module import CausalLMModule, weight_groups
+from quadapter.methods.training import RandomState
 
 log = logging.getLogger(__name__)
 EOS = "<|endoftext|>"
@@ -135,14 +137,18 @@ def _pretrain(spec: dict, final: Path, cache_dir: str | Path) -> None:
     module = CausalLMModule(model, weight_groups(model, spec["lr"], spec["weight_decay"]),
                             total_steps=spec["steps"], warmup_steps=spec["warmup_steps"])
     data = LMDataModule(train, spec["block_size"], spec["batch_size"],
-                        num_samples=spec["steps"] * spec["batch_size"], seed=spec["seed"])
+                        num_samples=spec["steps"] * spec["batch_size"], seed=spec["seed"],
+                        sources=[f"pretraining domain {d!r}" for d in spec["domains"]],
+                        fix="lower model.pretrain.block_size or pretrain on a larger corpus")
     ckpt = ModelCheckpoint(dirpath=work / "checkpoints", save_last=True,
                            every_n_train_steps=spec.get("checkpoint_every", 50))
     trainer = pl.Trainer(max_steps=spec["steps"], accelerator="auto", devices=1,
-                         callbacks=[ckpt, TQDMProgressBar(refresh_rate=10)],
+                         callbacks=[ckpt, RandomState(), TQDMProgressBar(refresh_rate=10)],
                          logger=CSVLogger(work, name="logs"), enable_model_summary=False,
                          gradient_clip_val=1.0, log_every_n_steps=10)
     last = work / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        check_checkpoint(last)
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
     staging = final.with_name(final.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
