@@ -29,6 +29,7 @@ def statuses(sweep):
     return out
 
 
+@pytest.mark.slow  # ~1 min: two sweep processes and four runs (CI runs it)
 def test_killed_parallel_sweep_completes_only_the_missing_runs(tmp_path, small_model_dir):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "quadapter.cli", *SWEEP, f"hydra.sweep.dir={sweep}"]

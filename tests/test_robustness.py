@@ -123,6 +123,7 @@ def test_non_finite_loss_fails_the_run_naming_the_step(tmp_path, small_model_dir
 
 # --- reproducibility and provenance ------------------------------------------------------------------
 
+@pytest.mark.slow  # three QAT runs (CI runs it)
 def test_same_config_twice_gives_identical_metrics_and_curves(tmp_path, small_model_dir):
     cfg = make_cfg(f"paths.cache_dir={small_model_dir.parents[1]}")
     a, b = run(cfg, tmp_path / "a"), run(cfg, tmp_path / "b")
