@@ -372,3 +372,17 @@ def test_a_report_bug_is_logged_and_does_not_fail_the_finished_sweep(tmp_path, m
     monkeypatch.setattr(callback, "build_report", lambda loaded: 1 / 0)
     SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert "could not write the report of sweep" in caplog.text and "ZeroDivisionError" in caplog.text
+
+
+def test_runs_of_a_row_that_differ_in_model_or_quantizer_get_rows_of_their_own(tmp_path, capsys):
+    write_run(tmp_path, "0", "ptq", "w8a3", {"prose": 300.0}, model="proxy", quantizer="minmax")
+    write_run(tmp_path, "1", "ptq", "w8a3", {"prose": 9000.0}, model="proxy+outliers", quantizer="minmax")
+    write_run(tmp_path, "2", "qat", "w8a3", {"prose": 200.0}, model="proxy", quantizer="learned")
+    write_run(tmp_path, "3", "qat", "w8a3", {"prose": 210.0}, model="proxy", quantizer="learned", seed=1)
+    code, out, _ = report_text([tmp_path], capsys=capsys)
+    rows = [(r["method"], r["model"], r["prose (ID)"]) for r in md_tables(out)[0]]
+    # a model with and without outlier channels is never averaged; seeds are (n=2); quantizer is
+    # constant within each method here, so it gets no column
+    assert code == 0 and "quantizer" not in md_tables(out)[0][0]
+    assert rows == [("ptq", "proxy", "300.00"), ("ptq", "proxy+outliers", "9000.00"),
+                    ("qat", "proxy", "205.00 ± 7.07 (n=2)")]

@@ -370,10 +370,32 @@ def _aggregate_note(table: Table) -> list[str]:
     return [f"(n=k): the mean ± standard deviation of k numbers in one cell; {what}"]
 
 
+def _separate_what_differs(lay: Layout, runs: list[Run]) -> Layout:
+    """Default rows gain ``model``/``dataset``/``quantizer`` where runs sharing a row differ in it.
+
+    A mean over seeds is a summary; a mean over a model with and without outlier channels, or over
+    two range parameterizations, is not: those get rows of their own.
+    """
+    if lay.rows != DEFAULT_ROWS:
+        return lay
+    keys = [f for f in lay.rows + lay.split if f != "set"]
+    extra = []
+    for f in ("model", "dataset", "quantizer"):
+        if f in lay.cols + lay.split:
+            continue
+        seen: dict[tuple, set] = {}
+        for run in runs:
+            if not run.problem:
+                seen.setdefault(tuple(run.field(k) for k in keys), set()).add(run.field(f))
+        if any(len(v) > 1 for v in seen.values()):
+            extra.append(f)
+    return Layout(lay.rows + tuple(extra), lay.cols, lay.split) if extra else lay
+
+
 def build_report(loaded: Loaded, references: list[Reference] | None = None,
                  lay: Layout | None = None, metric: str = "ppl") -> Report:
     """The comparison tables of ``loaded`` runs, published numbers beside them, and notes on both."""
-    lay = lay or make_layout()
+    lay = _separate_what_differs(lay or make_layout(), loaded.runs)
     references = references or []
     entries = _run_entries(loaded.runs, lay, metric)
     columns, notes = _label_protocols(entries)
