@@ -46,7 +46,8 @@ def app(cfg: DictConfig) -> float | None:
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir = Path(hc.runtime.output_dir)
     try:
-        results = run(cfg, run_dir, group=Path(hc.sweep.dir).name if multirun else None)
+        results = run(cfg, run_dir, group=Path(hc.sweep.dir).name if multirun else None,
+                      command_line=list(hc.overrides.task))
     except RunInterrupted as e:
         print(f"quadapter: interrupted: {e}\nre-run the same command to resume (results so far: "
               f"{run_dir / 'results.json'})", file=sys.stderr)

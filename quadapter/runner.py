@@ -11,13 +11,14 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from quadapter.comparison import check as check_comparison
 from quadapter.data import eval_sets, token_ids
 from quadapter.errors import ConfigError, RunInterrupted, TrainingError
 from quadapter.evaluation import perplexity
@@ -43,8 +44,12 @@ def device_for(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
-def run(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: str | Path, group: str | None = None,
+        command_line: Sequence[str] = ()) -> dict[str, Any]:
     """Execute one composed config; returns the dict written to ``run_dir/results.json``.
+
+    ``command_line``: the overrides it was composed from, for checks the composed config cannot
+    answer (``quadapter.comparison``).
 
     A dir that already holds results is handled by the resume rule (``quadapter.resume``): a
     completed run is returned as it is, an interrupted one resumes from its checkpoints.
@@ -89,6 +94,7 @@ def run(cfg: DictConfig, run_dir: str | Path, group: str | None = None) -> dict[
     start = time.perf_counter()
     try:
         with interruptible():
+            check_comparison(command_line)
             check_config(cfg)  # bad values fail here: before loggers, downloads or training
             tags = [f"method:{cfg.method.name}", f"bits:{results['bits']}", f"model:{cfg.model.name}",
                     f"dataset:{cfg.dataset.name}", f"adapter:{cfg.adapter.name}"]

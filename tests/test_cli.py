@@ -74,6 +74,27 @@ def test_multirun_sweep_gives_one_finished_run_per_combination(tmp_path, small_m
     assert report.strip() == (sweep / "comparison.md").read_text().strip()  # the sweep callback's table
 
 
+def test_a_method_on_the_command_line_replaces_the_comparison_axis(tmp_path, small_model_dir):
+    # `quadapter -m` alone sweeps compare=fp,ptq,...; with method=fp the user wants fp only
+    sweep = tmp_path / "sweep"
+    quadapter("-m", *QUICK, "method=fp", "eval.stride=32,64", "logger=csv", f"hydra.sweep.dir={sweep}",
+              cwd=tmp_path)
+    results = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
+    assert [(r["method"], r["adapter"], r["protocol"]["prose"]["stride"]) for r in results] == [
+        ("fp", "none", 32), ("fp", "none", 64)]
+
+
+def test_compare_and_method_together_are_refused_naming_both(tmp_path):
+    from quadapter.comparison import check
+    from quadapter.errors import ConfigError
+
+    check(["method=qat", "bits=w4a4"])  # a method alone, or an entry alone, is fine
+    check(["compare=ptq", "bits=w4a4"])
+    check(["compare=null", "method=qat"])
+    with pytest.raises(ConfigError, match=r"compare=ptq and method=qat both choose the method"):
+        check(["compare=ptq", "method=qat"])
+
+
 @needs_shared_data
 def test_real_wikitext2_with_real_gpt2_tokenizer(tmp_path, random_gpt2_dir):
     model_dir = tmp_path / "gpt2-random"
