@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -280,6 +283,16 @@ def test_cli_exit_codes(tmp_path, capsys):
     code, out, _ = report_text([d], "--precision", "4", capsys=capsys)
     assert md_tables(out)[0][0]["prose (ID)"] == "10.0000"
 
+
+
+def test_a_reader_that_stops_early_is_not_an_error(sweep, tmp_path):
+    # `quadapter-report SWEEP | head -1`: the pipe closes before the table is written
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    proc = subprocess.run([sys.executable, "-m", "quadapter.report", str(sweep)], stdout=write_end,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(write_end)
+    assert proc.returncode == 0 and "Error" not in proc.stderr, proc.stderr
 
 def curve(steps, train, prose, code):
     return [{"step": s} | ({"train/ppl": t} if t else {}) | {"val/prose/ppl": p, "val/code/ppl": c}

@@ -8,6 +8,7 @@ unknown field).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -87,13 +88,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     report = build_report(loaded, references, layout, args.metric)
     text = render(report, args.format, args.precision)
-    if args.format == "csv":
-        sys.stdout.write(text)
-        if report.notes or any(t.notes for t in report.tables):
-            notes = [n for t in report.tables for n in t.notes] + report.notes
-            print("\n".join(map(one_line, notes)), file=sys.stderr)
-    else:
-        print(text)
+    try:
+        sys.stdout.write(text if args.format == "csv" else text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `quadapter-report ... | head`: the reader has enough; the plot is still due
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if args.format == "csv" and (report.notes or any(t.notes for t in report.tables)):
+        notes = [n for t in report.tables for n in t.notes] + report.notes
+        print("\n".join(map(one_line, notes)), file=sys.stderr)
     if args.plot:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         fig = plot_curves(loaded.runs, args.plot)
