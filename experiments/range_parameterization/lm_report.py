@@ -172,6 +172,10 @@ def plot(runs: list[dict[str, Any]], out: Path) -> None:
     for ax, s in zip(axes[0][1:], sets, strict=True):
         kind = "in-distribution" if s == first["dataset"] else "out-of-distribution"
         ax.set(title=f"{s} validation ppl ({kind})", xlabel="step", ylabel="perplexity")
+        low, high = ax.dataLim.y0, ax.dataLim.y1
+        if low > 0 and high / low > 20:  # a collapse would flatten every other curve on a linear axis
+            ax.set_yscale("log")
+            ax.set_ylabel("perplexity (log scale)")
     axes[0][0].legend(fontsize=8)
     lr = first["config"].get("method", {}).get("lr", {}).get("ranges")
     fig.suptitle(f"QAT with learnable ranges per parameterization: {first['model']}, {first['bits']}"
