@@ -88,3 +88,47 @@ def test_quadapter_config_errors_name_the_fix():
     with pytest.raises(ValueError, match="ln1_qkv, ln2_fc, v_proj"):
         check_config(make_cfg("adapter.sites=[ln1_qkv,mlp_out]"))
     assert list(eval_sets(make_cfg())) == ["prose", "code"]
+
+
+def test_a_resumed_run_skips_its_finished_blockwise_phase_and_ends_where_an_unbroken_one_does(
+        tmp_path, small_model_dir, monkeypatch):
+    from quadapter.errors import RunInterrupted
+    from quadapter.runner import run
+
+    cfg = make_cfg("quantizer=learned", "method.learn_ranges=true",
+                   f"paths.cache_dir={small_model_dir.parents[1]}")
+    unbroken = run(cfg, tmp_path / "unbroken")
+    train_lm = quadapter.train_lm
+
+    def stopped(*args, **kwargs):
+        raise RunInterrupted("received SIGTERM at step 0")
+
+    monkeypatch.setattr(quadapter, "train_lm", stopped)  # killed as phase 2 starts
+    with pytest.raises(RunInterrupted):
+        run(cfg, tmp_path / "resumed")
+    assert (tmp_path / "resumed" / "checkpoints" / "blockwise" / "done.pt").is_file()
+    monkeypatch.setattr(quadapter, "train_lm", train_lm)
+    monkeypatch.setattr(quadapter, "reconstruct_blocks",
+                        lambda *a, **k: pytest.fail("phase 1 ran again"))
+    resumed = run(cfg, tmp_path / "resumed")
+    assert resumed["status"] == "completed" and resumed["attempts"][0]["status"] == "interrupted"
+    assert resumed["metrics"] == unbroken["metrics"]  # α, ranges and RNG restored exactly
+    assert resumed["quadapter"]["blockwise"] == unbroken["quadapter"]["blockwise"]
+    assert resumed["training"]["curves"] == unbroken["training"]["curves"]
+
+
+def test_a_phase_checkpoint_that_does_not_fit_names_the_file_to_delete(tmp_path):
+    from quadapter.checkpoints import CheckpointError, load_phase, save_phase
+
+    path = tmp_path / "done.pt"
+    save_phase(path, {"a": torch.ones(3)}, {"units": []}, {"torch": torch.get_rng_state()})
+    target = {"a": torch.zeros(3)}
+    assert load_phase(path, target)[0] == {"units": []} and torch.equal(target["a"], torch.ones(3))
+    assert load_phase(tmp_path / "none.pt", target) is None
+    with pytest.raises(CheckpointError, match=r"does not fit this run: it holds other parameters \(a\)"):
+        load_phase(path, {"a": torch.zeros(4)})
+    with pytest.raises(CheckpointError, match=r"other parameters \(a, b\)"):
+        load_phase(path, {"b": torch.zeros(3)})
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.raises(CheckpointError, match=rf"{path} cannot be read .*rm {path}"):
+        load_phase(path, target)

@@ -6,6 +6,8 @@ why it does not overfit the fine-tuning set the way QAT does. Two phases, each s
 1. block-wise: per block, α minimizes the L2 between the quantized and the FP block output on
    calibration inputs (``blockwise.reconstruct_blocks``);
 2. end-to-end: α trains on the LM loss (``training.train_lm``), with the overfitting curves.
+A run resumed after an interruption skips a finished phase 1 (``checkpoints/blockwise/done.pt``)
+and phase 2 continues from its Lightning checkpoint.
 Finally α folds into the producers (LayerNorm γ/β, V columns) and the consumers' input rows, so
 inference costs nothing extra.
 """
@@ -20,11 +22,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from quadapter.checkpoints import load_phase, save_phase
 from quadapter.data import eval_sets
 from quadapter.methods import ptq
 from quadapter.methods.blockwise import capture_block_inputs, reconstruct_blocks, toggled
 from quadapter.methods.smoothing import smooth
-from quadapter.methods.training import train_lm
+from quadapter.methods.training import RandomState, train_lm
 from quadapter.models.scale_sites import attach_scales, fold_scales
 from quadapter.tracking import log_metrics
 
@@ -79,7 +82,17 @@ def apply(ctx: RunContext) -> nn.Module:
     summary = ctx.summary.setdefault("quadapter", {"sites": list(cfg.adapter.sites),
                                                    "init": cfg.adapter.get("init", "ones")})
 
-    if method.blockwise.enabled:
+    phase1 = Path(ctx.run_dir) / "checkpoints" / "blockwise" / "done.pt"
+    trained = {f"{site}.{n}": p for site, scale in scales.items() for n, p in scale.named_parameters()}
+    if method.learn_ranges:
+        trained |= {f"{name}.range{i}": p for name, q in sim.activation_quantizers().items()
+                    for i, p in enumerate(q.range_parameters())}
+    restored = load_phase(phase1, trained) if method.blockwise.enabled else None
+    if restored is not None:  # a resumed run: phase 1 finished before the interruption
+        summary["blockwise"], rng = restored
+        RandomState().load_state_dict(rng)
+        log.info("block-wise phase restored from %s (finished in an earlier attempt)", phase1)
+    elif method.blockwise.enabled:
         bw = method.blockwise
         loader, data = ptq.calibration_loader(ctx, ptq.quant_settings(cfg, "quadapter"))
         batches = torch.cat(list(loader))
@@ -100,8 +113,11 @@ def apply(ctx: RunContext) -> nn.Module:
                                     lambda on: toggled(sim.enable, on), steps=bw.steps,
                                     batch_size=bw.batch_size, seed=cfg.seed)
         summary["blockwise"] = {"calibration": data, "steps": bw.steps, "units": report}
-        log_metrics(ctx.loggers, {f"phase1/block{r['unit']}/l2_{k}": r[f"l2_{k}"] for r in report
-                                  for k in ("before", "after")}, step=0)
+        save_phase(phase1, trained, summary["blockwise"], RandomState().state_dict())
+    if method.blockwise.enabled:
+        log_metrics(ctx.loggers, {f"phase1/block{r['unit']}/l2_{k}": r[f"l2_{k}"]
+                                  for r in summary["blockwise"]["units"] for k in ("before", "after")},
+                    step=0)
 
     if method.e2e.enabled:
         groups = [{"name": "alpha", "params": [p for s in scales.values() for p in s.parameters()],
