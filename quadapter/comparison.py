@@ -42,7 +42,7 @@ class ComparisonAxis(Callback):
     """Hydra callback: before a sweep starts, drop the ``compare`` axis when ``method=`` is given.
 
     (Hydra turns a callback's exceptions into warnings, so the contradiction itself is refused by
-    each run: ``check`` in ``quadapter.cli``.)
+    each run: ``check``, called by ``quadapter.runner.run``.)
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
