@@ -86,7 +86,8 @@ def main(argv: list[str]) -> int:
         print(f"no completed results.json under {', '.join(argv)}", file=sys.stderr)
         return 1
     print("## Activation outliers (plain PTQ runs, calibration inputs)\n")
-    print(outlier_table(runs))
+    has_ptq = any(r["method"] == "ptq" and r.get("adapter", "none") == "none" and r.get("outliers") for r in runs)
+    print(outlier_table(runs) if has_ptq else "(no plain PTQ run in these sweeps: none measured)")
     print("\n## Curves (held-out perplexity on the curve subsets; train = running mean)\n")
     print(curve_tables(runs))
     return 0
