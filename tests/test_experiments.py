@@ -5,6 +5,7 @@ proxy model pretrains on real corpora from the data dir under a cache key that c
 
 import copy
 import hashlib
+import importlib.util
 import json
 import math
 import platform
@@ -288,3 +289,31 @@ def test_proxy_pretrains_on_a_real_corpus_from_the_data_dir(tmp_path):
     assert meta["data_sha256"] == {"wikitext103": hashlib.sha256(text.encode()).hexdigest()}
     _, tok = load_model(str(model_dir))
     assert len(tok.encode(" the <unk> of the")) < 10  # its BPE learned WikiText's words
+
+
+def test_sweep_details_prints_outliers_of_plain_ptq_runs_and_every_curve_point(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("sweep_details", PAGES / "sweep_details.py")
+    details = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(details)
+    stats = {f"transformer.h.{b}.mlp.c_fc.input": {"max_over_median": 30.0 + b, "kurtosis": 150.0 + b}
+             for b in (1, 0)}
+    runs = {"0_ptq": {"method": "ptq", "adapter": "none", "outliers": stats},
+            "1_smoothquant": {"method": "ptq", "adapter": "smoothquant", "outliers": stats},
+            "2_qat": {"method": "qat", "adapter": "none", "training": {"curves": [
+                {"step": 0, "val/ptb/ppl": 400.0, "val/wikitext2/ppl": 250.0},
+                {"step": 50, "train/ppl": 160.25, "val/ptb/ppl": 150.0, "val/wikitext2/ppl": 212.8}]}},
+            "3_failed": {"method": "qat", "status": "failed"}}
+    for name, res in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(
+            {"status": "completed", "bits": "w8a3", "model": "proxy+outliers", "dataset": "ptb"} | res))
+    assert details.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    # blocks in order, only the plain PTQ run (SmoothQuant's inputs are already smoothed)
+    assert "| proxy+outliers | w8a3 | mlp.c_fc | 30.0 / 31.0 | 150.0 / 151.0 |" in out
+    assert out.count("mlp.c_fc") == 1
+    assert "**qat w8a3 proxy+outliers** (2_qat)" in out and "3_failed" not in out
+    assert "| step | train | ptb (ID) | wikitext2 (OOD) |" in out
+    assert "| 0 |  | 400.0 | 250.0 |" in out and "| 50 | 160.2 | 150.0 | 212.8 |" in out
+    assert details.main([str(tmp_path / "2_qat")]) == 0
+    assert "(no plain PTQ run in these sweeps: none measured)" in capsys.readouterr().out
