@@ -9,6 +9,7 @@ non-zero at the end. SIGINT/SIGTERM stop the run (and the sweep) resumably.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -38,7 +39,7 @@ def main() -> None:
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
-def app(cfg: DictConfig) -> float | None:
+def app(cfg: DictConfig) -> float:
     from quadapter.errors import RunInterrupted, UserError
     from quadapter.runner import format_results, run
 
@@ -61,11 +62,13 @@ def app(cfg: DictConfig) -> float | None:
             log.exception("run %s failed", run_dir)
         print(f"results: {run_dir / 'results.json'}", file=sys.stderr)
         if multirun:
-            return None  # the sweep goes on; its report and exit status list this run
+            return math.inf  # the sweep goes on (its report and exit status list this run); to a
+            # search (Optuna) a failed run is the worst perplexity, not a crash when all trials fail
         sys.exit(EXIT_FAILED)
     print(format_results(results))
     print(f"results: {run_dir / 'results.json'}")
-    return results["metrics"].get(f"test/{cfg.dataset.name}/ppl")  # the objective of Hydra sweepers
+    objective = results["metrics"].get(f"test/{cfg.dataset.name}/ppl")  # what Hydra sweepers minimize
+    return objective if results["status"] == "completed" and objective is not None else math.inf
 
 
 if __name__ == "__main__":

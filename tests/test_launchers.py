@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import pickle
 import re
@@ -191,6 +192,19 @@ def test_qat_lr_search_runs_trials_and_reports_the_best(tmp_path, small_model_di
     i = ppl.index(min(ppl))
     assert best["best_params"] == {"method.lr.weights": lrs[i].weights, "method.lr.ranges": lrs[i].ranges}
 
+
+
+@pytest.mark.slow
+@needs("hydra_plugins.hydra_optuna_sweeper")
+def test_a_search_whose_trials_all_fail_ends_with_the_list_not_a_crash(tmp_path, small_model_dir):
+    sweep = tmp_path / "search"
+    proc = quadapter("-m", f"{HPARAMS}=qat_lr", "hydra.sweeper.n_trials=2", *SMALL_OVERRIDES, "logger=csv",
+                     "dataset=ptb", "eval=in_domain", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+                     env={"QUADAPTER_DATA_DIR": str(tmp_path / "no-data")})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "2 run(s) of the sweep did not complete" in proc.stderr and "ptb.test.txt" in proc.stderr
+    # to Optuna a failed trial is the worst perplexity: the study ends and says so
+    assert yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"] == math.inf
 
 def _free_port() -> int:
     with socket.socket() as s:
