@@ -54,4 +54,4 @@ class ComparisonAxis(Callback):
             with read_write(params), open_dict(params):
                 dropped = params.pop("compare")
             log.info("method=%s given: the sweep runs it instead of the comparison (compare=%s)",
-                     chosen(config.hydra.overrides.task)["method"], dropped)
+                     given["method"], dropped)
