@@ -16,12 +16,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
+import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from quadapter.errors import UserError
+from quadapter.tracking import config_differences
 
 log = logging.getLogger(__name__)
 Action = Literal["run", "skip", "resume"]
@@ -40,22 +42,40 @@ def previous_results(path: Path) -> dict[str, Any] | None:
 
 
 def decide(previous: dict[str, Any] | None, config_hash: str, run_dir: Path,
-           skip_completed: bool = True, rerun_failed: bool = False) -> Action:
-    """The resume rule above; raises ``UserError`` when the dir belongs to a different config."""
+           skip_completed: bool = True, rerun_failed: bool = False,
+           config: Mapping[str, Any] | None = None) -> Action:
+    """The resume rule above; raises ``UserError`` when the dir belongs to a different config,
+    naming the keys that differ when ``config`` (this run's, resolved) and the dir's ``config.yaml``
+    are at hand."""
     if previous is None:
         return "run"
     theirs = previous.get("config_hash")
     if theirs is not None and theirs != config_hash:
         raise UserError(
             f"{run_dir} already holds a run of a different config (config hash {theirs}, this one "
-            f"{config_hash}); nothing was changed. Give this run its own dir (a new hydra.sweep.dir or "
-            f"hydra.run.dir), or delete {run_dir} to start over")
+            f"{config_hash}{_differences(run_dir, config)}); nothing was changed. Give this run its own "
+            f"dir (a new hydra.sweep.dir or hydra.run.dir), or delete {run_dir} to start over")
     status = previous.get("status")
     if status == "completed":
         return "skip" if skip_completed else "run"
     if status == "failed":
         return "resume" if rerun_failed else "skip"
     return "resume"
+
+
+def _differences(run_dir: Path, config: Mapping[str, Any] | None, most: int = 5) -> str:
+    saved = run_dir / "config.yaml"
+    if config is None or not saved.is_file():
+        return ""
+    try:
+        theirs = yaml.safe_load(saved.read_text())
+    except (OSError, yaml.YAMLError):
+        return ""
+    diffs = config_differences(theirs if isinstance(theirs, dict) else {}, config)
+    if not diffs:
+        return ""
+    more = f"; {len(diffs) - most} more" if len(diffs) > most else ""
+    return f"; theirs -> this: {'; '.join(diffs[:most])}{more}"
 
 
 class SweepExitStatus(Callback):

@@ -64,7 +64,8 @@ def run(cfg: DictConfig, run_dir: str | Path, group: str | None = None,
         if previous is None:  # never over an earlier run's results
             write_json_atomic(results_path, {"status": "failed", "error": f"ConfigError: {e}"})
         raise ConfigError(f"the config does not resolve: {e}") from None
-    action = decide(previous, chash, run_dir, cfg.resume.skip_completed, cfg.resume.rerun_failed)
+    action = decide(previous, chash, run_dir, cfg.resume.skip_completed, cfg.resume.rerun_failed,
+                    config=OmegaConf.to_container(cfg, resolve=True))
     if action == "skip":
         if previous["status"] == "failed":
             log.warning("%s failed earlier (%s); skipped: pass resume.rerun_failed=true to run it again",

@@ -29,12 +29,33 @@ _VERSIONED = ("torch", "pytorch-lightning", "transformers", "tokenizers", "datas
               "hydra-core", "omegaconf", "wandb", "numpy", "quadapter")
 
 
+def hashed_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a config that decides what a run computes (not paths, loggers, names, resume)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    return {k: v for k, v in resolved.items() if k not in _NOT_HASHED}
+
+
 def config_hash(cfg: DictConfig) -> str:
     """Identity of what a run computes: equal hashes mean interchangeable results."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    for key in _NOT_HASHED:
-        resolved.pop(key, None)
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(hashed_config(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs (``absent`` where one lacks it)."""
+    def flat(node: Any, prefix: str) -> dict[str, Any]:
+        if not isinstance(node, Mapping) or not node:
+            return {prefix: node}
+        return {k: v for key, value in node.items()
+                for k, v in flat(value, f"{prefix}.{key}" if prefix else str(key)).items()}
+
+    absent = object()
+    a, b = flat(hashed_config(old), ""), flat(hashed_config(new), "")
+
+    def show(value: Any) -> str:
+        return "absent" if value is absent else json.dumps(value, default=str)  # YAML-like: null, true
+
+    return [f"{k}: {show(a.get(k, absent))} -> {show(b.get(k, absent))}"
+            for k in sorted(a.keys() | b.keys()) if a.get(k, absent) != b.get(k, absent)]
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

@@ -12,7 +12,7 @@ from quadapter.errors import RunInterrupted, TrainingError, UserError
 from quadapter.methods.lm_module import CausalLMModule
 from quadapter.resume import decide, previous_results
 from quadapter.runner import run
-from quadapter.tracking import config_hash
+from quadapter.tracking import config_differences, config_hash
 
 QAT = [*SMALL_OVERRIDES, "method=qat", "method.train.steps=6", "method.train.batch_size=4",
        "trainer.val_check_interval=3", "eval.max_tokens=1500", "eval.val_max_tokens=1024",
@@ -71,11 +71,21 @@ def test_a_completed_run_is_skipped_and_a_changed_config_refused(tmp_path, small
     before = (tmp_path / "results.json").read_bytes()
     assert run(cfg, tmp_path) == first  # skipped: nothing recomputed or rewritten
     assert (tmp_path / "results.json").read_bytes() == before
-    with pytest.raises(UserError, match="different config"):
+    with pytest.raises(UserError, match=r"different config .*theirs -> this: eval.max_tokens: 500 -> 400\)"):
         run(make_cfg("eval.max_tokens=400", base=[*SMALL_OVERRIDES, "logger=csv",
                                                  f"paths.cache_dir={small_model_dir.parents[1]}"]),
             tmp_path)
     assert (tmp_path / "results.json").read_bytes() == before
+
+
+def test_config_differences_name_every_changed_added_or_removed_key_and_ignore_paths():
+    old = {"eval": {"max_tokens": 500, "stride": None}, "paths": {"data_dir": "/a"}, "seed": 0,
+           "method": {"lr": {"weights": 1e-4}}}
+    new = {"eval": {"max_tokens": 400, "stride": None}, "paths": {"data_dir": "/b"}, "seed": 0,
+           "method": {"lr": {"weights": 1e-4, "ranges": None}}, "bits": {"name": "w4a4"}}
+    assert config_differences(old, new) == [
+        "bits.name: absent -> \"w4a4\"", "eval.max_tokens: 500 -> 400", "method.lr.ranges: absent -> null"]
+    assert config_differences(new, new) == []
 
 
 # --- interrupts and non-finite training --------------------------------------------------------------
