@@ -6,6 +6,7 @@ W&B is added on top, offline unless credentials are configured (``wandb sync`` u
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import netrc
@@ -13,6 +14,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
@@ -108,12 +110,33 @@ def resolve_wandb_mode(mode: str) -> str:
         return "offline"
 
 
+def csv_logger(run_dir: Path) -> CSVLogger:
+    """``<run dir>/csv/metrics.csv``, flushed at every log call (a killed run keeps every curve point;
+    they are sparse), keeping an earlier attempt's rows: Lightning's CSV writer deletes an existing
+    metrics.csv when it opens the dir, which would drop a resumed run's curve up to the interruption."""
+    logger = CSVLogger(save_dir=str(run_dir), name="csv", version="", flush_logs_every_n_steps=1)
+    earlier = Path(logger.log_dir) / "metrics.csv"
+    if not earlier.is_file():
+        return logger
+    with earlier.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    with warnings.catch_warnings():  # "... will be deleted": not so, they are written back below
+        warnings.filterwarnings("ignore", message="Experiment logs directory")
+        logger.experiment  # noqa: B018 (opens the writer, which removes the file)
+    for row in rows:
+        step = row.pop("step", None)
+        metrics = {k: float(v) for k, v in row.items() if k and v not in (None, "")}
+        if metrics and step not in (None, ""):
+            logger.log_metrics(metrics, step=int(float(step)))
+    logger.save()
+    return logger
+
+
 def build_loggers(logger_cfg: Mapping[str, Any], run_dir: Path, run_name: str, group: str,
                   job_type: str, tags: list[str], config: dict) -> list[Logger]:
     loggers: list[Logger] = []
     if logger_cfg.get("csv", True):
-        # flushed at every log call: a killed run keeps every curve point (they are sparse)
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version="", flush_logs_every_n_steps=1))
+        loggers.append(csv_logger(run_dir))
     wb = logger_cfg.get("wandb")
     if wb:
         mode = resolve_wandb_mode(wb.get("mode", "auto"))

@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from quadapter.errors import RunInterrupted, TrainingError, UserError
 from quadapter.methods.lm_module import CausalLMModule
+from quadapter.report.load import read_metrics_csv
 from quadapter.resume import decide, previous_results
 from quadapter.runner import run
 from quadapter.tracking import config_differences, config_hash
@@ -108,6 +109,10 @@ def test_sigterm_during_training_checkpoints_and_the_rerun_resumes(tmp_path, sma
     resumed = run(cfg, tmp_path)
     assert resumed["status"] == "completed"
     assert [row["step"] for row in resumed["training"]["curves"]] == [0, 3, 6]  # none duplicated
+    logged = read_metrics_csv(tmp_path / "csv" / "metrics.csv")  # the first attempt's rows are kept
+    assert [p["step"] for p in logged if "val/prose/ppl" in p] == [0, 3, 6]
+    assert [p["val/prose/ppl"] for p in logged if "val/prose/ppl" in p] == [
+        row["val/prose/ppl"] for row in resumed["training"]["curves"]]
     # same batches, same dropout masks: the resumed run ends exactly where an unbroken one does
     unbroken = run(cfg, tmp_path / "unbroken")
     assert resumed["metrics"] == unbroken["metrics"]
