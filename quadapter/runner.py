@@ -59,13 +59,14 @@ def run(cfg: DictConfig, run_dir: str | Path, group: str | None = None,
     results_path = run_dir / "results.json"
     previous = previous_results(results_path)
     try:
-        chash = config_hash(cfg)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        chash = config_hash(resolved)
     except OmegaConfBaseException as e:  # e.g. an interpolation to a key that does not exist
         if previous is None:  # never over an earlier run's results
             write_json_atomic(results_path, {"status": "failed", "error": f"ConfigError: {e}"})
         raise ConfigError(f"the config does not resolve: {e}") from None
     action = decide(previous, chash, run_dir, cfg.resume.skip_completed, cfg.resume.rerun_failed,
-                    config=OmegaConf.to_container(cfg, resolve=True))
+                    config=resolved)
     if action == "skip":
         if previous["status"] == "failed":
             log.warning("%s failed earlier (%s); skipped: pass resume.rerun_failed=true to run it again",

@@ -37,7 +37,7 @@ def hashed_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in resolved.items() if k not in _NOT_HASHED}
 
 
-def config_hash(cfg: DictConfig) -> str:
+def config_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
     """Identity of what a run computes: equal hashes mean interchangeable results."""
     return hashlib.sha256(json.dumps(hashed_config(cfg), sort_keys=True).encode()).hexdigest()[:16]
 

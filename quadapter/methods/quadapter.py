@@ -64,6 +64,45 @@ def save_folded(sim, model: nn.Module, tokenizer, out: Path) -> Path:
     return out
 
 
+def _blockwise(ctx: RunContext, sim, scales: dict) -> dict:
+    """Phase 1; its summary. Recorded in ``checkpoints/blockwise/done.pt`` when done, so a resumed
+    run restores α (and the ranges), the summary and the RNG state instead of recalibrating."""
+    cfg, method, model = ctx.cfg, ctx.cfg.method, ctx.model
+    bw = method.blockwise
+    done = Path(ctx.run_dir) / "checkpoints" / "blockwise" / "done.pt"
+    trained = {f"{site}.{n}": p for site, scale in scales.items() for n, p in scale.named_parameters()}
+    if method.learn_ranges:
+        trained |= {f"{name}.range{i}": p for name, q in sim.activation_quantizers().items()
+                    for i, p in enumerate(q.range_parameters())}
+    restored = load_phase(done, trained)
+    if restored is not None:  # a resumed run: phase 1 finished before the interruption
+        summary, rng = restored
+        RandomState().load_state_dict(rng)
+        log.info("block-wise phase restored from %s (finished in an earlier attempt)", done)
+        return summary
+    loader, data = ptq.calibration_loader(ctx, ptq.quant_settings(cfg, "quadapter"))
+    batches = torch.cat(list(loader))
+    blocks = list(model.transformer.h)
+    names = [n for n, m in model.named_modules() if any(m is b for b in blocks)]
+    with toggled(sim.enable, False):
+        inputs, kwargs = capture_block_inputs(model, blocks, batches, bw.batch_size,
+                                              bw.offload_dir and ctx.run_dir / bw.offload_dir)
+
+    def trainable(unit):
+        prefixes = [names[blocks.index(b)] + "." for b in unit]
+        alphas = [p for key, s in scales.items() if any(key.startswith(pf) for pf in prefixes)
+                  for p in s.parameters()]
+        ranges = [p for pf in prefixes for p in _range_params(sim, pf)] if method.learn_ranges else []
+        return [{"params": alphas, "lr": bw.lr}, {"params": ranges, "lr": bw.lr_ranges}]
+
+    report = reconstruct_blocks(blocks, inputs, kwargs, trainable,
+                                lambda on: toggled(sim.enable, on), steps=bw.steps,
+                                batch_size=bw.batch_size, seed=cfg.seed)
+    summary = {"calibration": data, "steps": bw.steps, "units": report}
+    save_phase(done, trained, summary, RandomState().state_dict())
+    return summary
+
+
 def apply(ctx: RunContext) -> nn.Module:
     cfg, method = ctx.cfg, ctx.cfg.method
     sim = ptq.quantize(ctx, "quadapter")
@@ -82,39 +121,8 @@ def apply(ctx: RunContext) -> nn.Module:
     summary = ctx.summary.setdefault("quadapter", {"sites": list(cfg.adapter.sites),
                                                    "init": cfg.adapter.get("init", "ones")})
 
-    phase1 = Path(ctx.run_dir) / "checkpoints" / "blockwise" / "done.pt"
-    trained = {f"{site}.{n}": p for site, scale in scales.items() for n, p in scale.named_parameters()}
-    if method.learn_ranges:
-        trained |= {f"{name}.range{i}": p for name, q in sim.activation_quantizers().items()
-                    for i, p in enumerate(q.range_parameters())}
-    restored = load_phase(phase1, trained) if method.blockwise.enabled else None
-    if restored is not None:  # a resumed run: phase 1 finished before the interruption
-        summary["blockwise"], rng = restored
-        RandomState().load_state_dict(rng)
-        log.info("block-wise phase restored from %s (finished in an earlier attempt)", phase1)
-    elif method.blockwise.enabled:
-        bw = method.blockwise
-        loader, data = ptq.calibration_loader(ctx, ptq.quant_settings(cfg, "quadapter"))
-        batches = torch.cat(list(loader))
-        blocks = list(model.transformer.h)
-        names = [n for n, m in model.named_modules() if any(m is b for b in blocks)]
-        with toggled(sim.enable, False):
-            inputs, kwargs = capture_block_inputs(model, blocks, batches, bw.batch_size,
-                                                  bw.offload_dir and ctx.run_dir / bw.offload_dir)
-
-        def trainable(unit):
-            prefixes = [names[blocks.index(b)] + "." for b in unit]
-            alphas = [p for key, s in scales.items() if any(key.startswith(pf) for pf in prefixes)
-                      for p in s.parameters()]
-            ranges = [p for pf in prefixes for p in _range_params(sim, pf)] if method.learn_ranges else []
-            return [{"params": alphas, "lr": bw.lr}, {"params": ranges, "lr": bw.lr_ranges}]
-
-        report = reconstruct_blocks(blocks, inputs, kwargs, trainable,
-                                    lambda on: toggled(sim.enable, on), steps=bw.steps,
-                                    batch_size=bw.batch_size, seed=cfg.seed)
-        summary["blockwise"] = {"calibration": data, "steps": bw.steps, "units": report}
-        save_phase(phase1, trained, summary["blockwise"], RandomState().state_dict())
     if method.blockwise.enabled:
+        summary["blockwise"] = _blockwise(ctx, sim, scales)
         log_metrics(ctx.loggers, {f"phase1/block{r['unit']}/l2_{k}": r[f"l2_{k}"]
                                   for r in summary["blockwise"]["units"] for k in ("before", "after")},
                     step=0)
