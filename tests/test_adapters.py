@@ -6,8 +6,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from quadapter.adapters import ChannelScale
-from quadapter.models.scale_sites import GPT2_SCALE_SITES, attach_scales, fold_scales
-from quadapter.models.sites import DEFAULT_SITES, gpt2_sites
+from quadapter.models.arch import FAMILIES
+from quadapter.models.regions import attach_scales, fold_scales
+from quadapter.models.sites import quant_sites
 from quadapter.quant import QuantizerConfig, QuantSim
 
 W8 = QuantizerConfig(8, symmetric=True, granularity="per_channel")
@@ -33,7 +34,7 @@ def logits(model, ids) -> torch.Tensor:
 
 
 def quantized(model, weight=W8, act=A8, calibrate=True) -> QuantSim:
-    sim = QuantSim(model, *gpt2_sites(model, DEFAULT_SITES), weight=weight, act=act)
+    sim = QuantSim(model, *quant_sites(model, None), weight=weight, act=act)
     if calibrate:
         sim.calibrate(batches(), progress=False)
     return sim
@@ -49,7 +50,7 @@ def randomize(scales: dict[str, ChannelScale], seed: int = 3) -> None:
             scale.log_alpha.copy_(random_alpha(scale.log_alpha.numel(), seed + i).log())
 
 
-ALL = tuple(GPT2_SCALE_SITES)
+ALL = tuple(FAMILIES["gpt2"].regions)
 
 
 def test_alpha_one_with_quantizers_off_is_identity():
@@ -157,7 +158,7 @@ def test_errors():
     with pytest.raises(ValueError, match="positive"):
         ChannelScale(3, torch.tensor([1.0, 0.0, 2.0]))
     fresh = odd_gpt2()
-    partial = QuantSim(fresh, *gpt2_sites(fresh, ["mlp.c_fc"]), weight=W8, act=A8)
+    partial = QuantSim(fresh, *quant_sites(fresh, ["mlp.c_fc"]), weight=W8, act=A8)
     with pytest.raises(ValueError, match="attn.c_attn.*not a QuantizedLayer"):
         attach_scales(partial, partial.model, ("ln1_qkv",))
 

@@ -83,7 +83,7 @@ def test_smoothquant_is_function_preserving_and_smooths(tmp_path, small_model_di
     ctx = RunContext(cfg=cfg, model=model, tokenizer=tok, run_dir=tmp_path, cache_dir=isolated_env)
     sim = ptq.quantize(ctx)
     from quadapter.methods.smoothing import smooth
-    from quadapter.models.scale_sites import fold_scales
+    from quadapter.models.regions import fold_scales
     scales = smooth(ctx, sim, list(cfg.adapter.sites), cfg.adapter.migration, "ptq")
     sim.disable()
     with torch.no_grad():

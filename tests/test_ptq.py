@@ -13,7 +13,9 @@ from wandb_offline import history
 from quadapter.errors import ConfigError
 from quadapter.methods import check_config
 from quadapter.methods.quant_config import quant_settings
-from quadapter.models.sites import DEFAULT_SITES
+from quadapter.models.arch import FAMILIES
+
+DEFAULT_SITES = tuple(FAMILIES["gpt2"].block_sites)
 
 
 def make(*overrides: str):

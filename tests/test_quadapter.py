@@ -85,7 +85,7 @@ def test_model_weights_are_bit_identical_before_folding(tmp_path, small_model_di
 def test_quadapter_config_errors_name_the_fix():
     with pytest.raises(ValueError, match="adapter=quadapter"):
         check_config(make_cfg("adapter=none"))
-    with pytest.raises(ValueError, match="ln1_qkv, ln2_fc, v_proj"):
+    with pytest.raises(ValueError, match=r"ln1_qkv \(ln_1 -> attn.c_attn\), ln2_fc .*, v_proj"):
         check_config(make_cfg("adapter.sites=[ln1_qkv,mlp_out]"))
     assert list(eval_sets(make_cfg())) == ["prose", "code"]
 

@@ -7,7 +7,11 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
-from quadapter.models.sites import DEFAULT_SITES, GPT2_SITES, gpt2_sites, is_linear, quant_sites
+from quadapter.models.arch import FAMILIES
+from quadapter.models.sites import is_linear, quant_sites
+
+GPT2_SITES = FAMILIES["gpt2"].sites
+DEFAULT_SITES = tuple(FAMILIES["gpt2"].block_sites)
 from quadapter.quant import QuantizedLayer, QuantizerConfig, QuantSim, quant_range
 
 W8 = QuantizerConfig(8, symmetric=True, granularity="per_channel")
@@ -79,13 +83,13 @@ def test_no_targeted_layer_escapes_wrapping(kind_and_model, sites):
 def test_a_block_layer_outside_the_site_map_is_an_error_not_an_escape():
     model = tiny_gpt2(add_cross_attention=True)  # crossattention.{c_attn,q_attn,c_proj}
     with pytest.raises(ValueError, match="does not cover: crossattention.c_attn"):
-        gpt2_sites(model, DEFAULT_SITES)
+        quant_sites(model, DEFAULT_SITES)
 
 
 @pytest.mark.parametrize("sites", [[], ["attn.c_attn", "attn_probs"], ["mlp.c_fc", "mlp.c_fc"]])
 def test_bad_site_lists_name_the_valid_sites(sites):
     with pytest.raises(ValueError, match="attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, lm_head"):
-        gpt2_sites(tiny_gpt2(), sites)
+        quant_sites(tiny_gpt2(), sites)
 
 
 def test_conv1d_and_linear_models_quantize_identically():
@@ -175,7 +179,7 @@ def test_weight_only_and_per_token_configs():
 
 def test_wrapping_twice_is_refused_and_leaves_the_model_intact():
     model = tiny_gpt2()
-    layers, _ = gpt2_sites(model, DEFAULT_SITES)
+    layers, _ = quant_sites(model, DEFAULT_SITES)
     QuantSim(model, layers, weight=W8)
     keys = list(model.state_dict())
     with pytest.raises(ValueError, match="already quantized"):

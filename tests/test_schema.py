@@ -95,9 +95,9 @@ BAD = [
     ("ptq", dict(quantizer__estimator_kw={"momentum": 0.5}),
      ["quantizer.estimator_kw.momentum is not a config key; quantizer.estimator_kw has no keys"]),
     ("ptq", dict(quantizer__sites=["attn.c_attn", "attn_probs"]),
-     ["quantizer.sites=['attn.c_attn', 'attn_probs'] is invalid: expected a non-empty list of "
-      "distinct sites from attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, lm_head, embeddings, "
-      "residual; unknown: 'attn_probs'"]),
+     ["quantizer.sites=['attn.c_attn', 'attn_probs'] is invalid: expected null (every block linear) "
+      "or a non-empty list of distinct gpt2 sites from attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, "
+      "lm_head, embeddings, residual; unknown: 'attn_probs'"]),
     ("ptq", dict(quantizer__sites=[]), ["quantizer.sites=[] is invalid", "the list is empty"]),
     ("ptq", dict(quantizer__calibration__blocks=0),
      ["quantizer.calibration.blocks=0 is invalid: expected an integer >= 1"]),
@@ -110,8 +110,9 @@ BAD = [
     ("ptq", dict(quantizer__act=DELETE), ["quantizer.act is missing", "method=ptq needs it"]),
     # adapter sites (GPT-2's scale sites), init, migration
     ("quadapter", dict(adapter__sites=["ln1_qkv", "mlp_out"]),
-     ["adapter.sites=['ln1_qkv', 'mlp_out'] is invalid: expected a non-empty list of distinct "
-      "values from ln1_qkv, ln2_fc, v_proj; unknown: 'mlp_out'"]),
+     ["adapter.sites=['ln1_qkv', 'mlp_out'] is invalid: expected a non-empty list of distinct gpt2 "
+      "scale regions from ln1_qkv (ln_1 -> attn.c_attn), ln2_fc (ln_2 -> mlp.c_fc), v_proj (V of "
+      "attn.c_attn -> attn.c_proj); unknown: 'mlp_out'"]),
     ("quadapter", dict(adapter__sites=["ln1_qkv", "ln1_qkv"]), ["adapter.sites=", "it repeats a value"]),
     ("smoothquant", dict(adapter__sites=[]), ["adapter.sites=[] is invalid", "the list is empty"]),
     ("quadapter", dict(adapter__init="zeros"),
@@ -271,10 +272,11 @@ COMBINATIONS = [
      "method.learn_ranges=true needs learnable ranges, but quantizer.learnable='none'"),
     ("quadapter", dict(adapter__sites=["ln1_qkv", "v_proj"],
                        quantizer__weight__granularity="per_tensor"),
-     "adapter.sites has v_proj, which folds exactly into attn.c_attn only with per-channel fixed "
-     "weight ranges; got quantizer.weight.granularity='per_tensor'"),
+     "adapter.sites has v_proj (V of attn.c_attn -> attn.c_proj), which folds exactly into a "
+     "quantized linear producer only with per-channel fixed weight ranges; got "
+     "quantizer.weight.granularity='per_tensor'"),
     ("quadapter", dict(quantizer__sites=["attn.c_attn", "attn.c_proj", "mlp.c_proj"]),
-     "adapter.sites has ln2_fc, whose consumer mlp.c_fc is not in quantizer.sites"),
+     "adapter.sites has ln2_fc, whose consumer(s) mlp.c_fc are not in quantizer.sites"),
     ("smoothquant", dict(bits__act=None, bits__name="w8"),
      "adapter=smoothquant needs quantized activations (bits.act=null)"),
     ("quadapter", dict(adapter__init="smoothquant", bits__act=None, bits__name="w8"),
@@ -369,14 +371,10 @@ def test_schema_imports_no_torch():
 def test_schema_names_equal_the_code_registries():
     from quadapter.data import corpora, embedded
     from quadapter.methods import METHODS, quadapter
-    from quadapter.models.scale_sites import GPT2_SCALE_SITES
-    from quadapter.models.sites import GPT2_SITES
     from quadapter.quant import ESTIMATORS, LEARNABLE, ranges
     from quadapter.methods import quant_config
     from quadapter.tracking import WANDB_MODES
 
-    assert groups.QUANT_SITES == GPT2_SITES
-    assert groups.SCALE_SITES == {k: s.consumer for k, s in GPT2_SCALE_SITES.items()}
     assert groups.ESTIMATORS == tuple(ESTIMATORS) and groups.LEARNABLE == LEARNABLE
     assert groups.WEIGHT_GRANULARITIES == quant_config.WEIGHT_GRANULARITIES
     assert groups.ACT_GRANULARITIES == quant_config.ACT_GRANULARITIES

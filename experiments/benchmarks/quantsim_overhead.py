@@ -24,7 +24,8 @@ from typing import Callable
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from quadapter.models.sites import DEFAULT_SITES, quant_sites
+from quadapter.models.arch import FAMILIES
+from quadapter.models.sites import quant_sites
 from quadapter.quant import QuantizerConfig, QuantSim
 from quadapter.quant import quantizer as quantizer_module
 
@@ -63,7 +64,7 @@ def cpu_path(fast: bool):
 
 def quantized_copy(model: GPT2LMHeadModel, ids: torch.Tensor, cache: bool) -> GPT2LMHeadModel:
     model = copy.deepcopy(model)
-    layers, outputs = quant_sites(model, DEFAULT_SITES)
+    layers, outputs = quant_sites(model, None)
     sim = QuantSim(model, layers, outputs, weight=QuantizerConfig(8, True, "per_channel"),
                    act=QuantizerConfig(8), cache_weight=cache)
     sim.calibrate([ids], progress=False)
@@ -121,7 +122,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; W8A8: weights per channel"
-          f" symmetric, activations per tensor; sites {', '.join(DEFAULT_SITES)}")
+          f" symmetric, activations per tensor; sites {', '.join(FAMILIES['gpt2'].block_sites)}")
     print(f"{'model (batch x seq)':<32}{'step':<9}{'variant':<32}{'fp ms':>9}{'quant ms':>10}"
           f"{'ratio':>7}")
     for shape, (config, batch, seq) in SHAPES.items():

@@ -1,6 +1,6 @@
 """The embedded default model: a small GPT-2 pretrained by the framework on the embedded corpora.
 
-It is a real ``GPT2LMHeadModel`` with its own byte-level BPE, so every GPT-2 code path applies to it,
+It is a real GPT-2 (``models.arch.gpt2``) with its own byte-level BPE, so every GPT-2 code path applies to it,
 and it needs no download. It is trained once per (config, Python version) — the corpora are the
 installed standard library — cached under the cache dir, and reused by every later run. Training
 checkpoints as it goes, so an interrupted pretraining resumes where it stopped.
@@ -27,7 +27,7 @@ from filelock import FileLock
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 from tokenizers import ByteLevelBPETokenizer
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from quadapter.checkpoints import check_checkpoint
 from quadapter.data.corpora import load_rows
@@ -37,6 +37,7 @@ from quadapter.data.tokens import cached_encode
 from quadapter.errors import ConfigError
 from quadapter.methods.lm_module import CausalLMModule, weight_groups
 from quadapter.methods.training import RandomState
+from quadapter.models.arch import gpt2
 
 log = logging.getLogger(__name__)
 EOS = "<|endoftext|>"
@@ -130,10 +131,9 @@ def _pretrain(spec: dict, final: Path, cache_dir: str | Path) -> None:
     tok = _train_tokenizer(spec, work / "tokenizer")
     train = [cached_encode(_domain_text(spec, d), tok, cache_dir) for d in spec["domains"]]
     pl.seed_everything(spec["seed"], workers=True, verbose=False)
-    config = GPT2Config(vocab_size=len(tok), n_positions=spec["block_size"], n_embd=spec["n_embd"],
-                        n_layer=spec["n_layer"], n_head=spec["n_head"], bos_token_id=tok.eos_token_id,
-                        eos_token_id=tok.eos_token_id)
-    model = GPT2LMHeadModel(config)
+    model = gpt2.new_model(vocab_size=len(tok), n_positions=spec["block_size"], n_embd=spec["n_embd"],
+                           n_layer=spec["n_layer"], n_head=spec["n_head"],
+                           bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
     module = CausalLMModule(model, weight_groups(model, spec["lr"], spec["weight_decay"]),
                             total_steps=spec["steps"], warmup_steps=spec["warmup_steps"])
     data = LMDataModule(train, spec["block_size"], spec["batch_size"],

@@ -1,7 +1,8 @@
 """Post-training quantization: calibrate ranges on fine-tuning-set blocks, then evaluate as is.
 
-Calibration data is ``quantizer.calibration.blocks`` random blocks of the model's context length
-from ``dataset``'s ``quantizer.calibration.split`` (seeded by ``seed``). The activation-outlier
+Calibration data is ``quantizer.calibration.blocks`` random blocks of ``eval.context`` tokens (null:
+the model's maximum context, as for training) from ``dataset``'s ``quantizer.calibration.split``
+(seeded by ``seed``). The activation-outlier
 statistics gathered on the way are logged once: a table with a row per site (W&B), a summary in
 results.json and the worst site in the log.
 """
@@ -21,7 +22,8 @@ from quadapter.data import token_ids
 from quadapter.data.datamodule import TokenBlocks
 from quadapter.methods.quant_config import QuantSettings, quant_settings
 from quadapter.methods.smoothing import smooth
-from quadapter.models.scale_sites import fold_scales
+from quadapter.models.loading import eval_window
+from quadapter.models.regions import fold_scales
 from quadapter.models.sites import quant_sites
 from quadapter.quant.diagnostics import OutlierStats
 from quadapter.quant.sim import QuantSim
@@ -42,13 +44,14 @@ def check(cfg: DictConfig, method: str = "ptq") -> None:
 
 
 def calibration_loader(ctx: RunContext, settings: QuantSettings) -> tuple[DataLoader, dict]:
-    """Seeded random blocks of the model's context length, and what they were (for results)."""
+    """Seeded random blocks of ``eval.context`` tokens, and what they were (for results)."""
     cfg, split = ctx.cfg, settings.calibration_split
-    block_size = ctx.model.config.n_positions
+    block_size = eval_window(ctx.model, cfg.eval.context, cfg.eval.stride)[0]
     ids = token_ids(cfg.dataset, split, ctx.tokenizer, cfg.paths.data_dir, ctx.cache_dir)
     blocks = TokenBlocks(ids, block_size, f"dataset {cfg.dataset.name!r}, split {split!r}",
-                         "calibration cuts it into blocks of the model's n_positions tokens; "
-                         "calibrate on a larger split (quantizer.calibration.split) or dataset")
+                         "calibration cuts it into blocks of eval.context tokens (null: the model's "
+                         "maximum context); lower eval.context, or calibrate on a larger split "
+                         "(quantizer.calibration.split) or dataset")
     n = min(settings.calibration_blocks, len(blocks))
     if n < settings.calibration_blocks:
         log.warning("calibration: %s/%s holds only %d blocks of %d tokens, not %d",

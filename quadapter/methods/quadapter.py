@@ -8,8 +8,8 @@ why it does not overfit the fine-tuning set the way QAT does. Two phases, each s
 2. end-to-end: α trains on the LM loss (``training.train_lm``), with the overfitting curves.
 A run resumed after an interruption skips a finished phase 1 (``checkpoints/blockwise/done.pt``)
 and phase 2 continues from its Lightning checkpoint.
-Finally α folds into the producers (LayerNorm γ/β, V columns) and the consumers' input rows, so
-inference costs nothing extra.
+Finally α folds into the producers (norm weights, a linear's output channels) and the consumers'
+input channels, so inference costs nothing extra.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from quadapter.methods import ptq
 from quadapter.methods.blockwise import capture_block_inputs, reconstruct_blocks, toggled
 from quadapter.methods.smoothing import smooth
 from quadapter.methods.training import RandomState, train_lm
-from quadapter.models.scale_sites import attach_scales, fold_scales
+from quadapter.models.arch import for_model
+from quadapter.models.regions import attach_scales, fold_scales
 from quadapter.tracking import log_metrics
 
 if TYPE_CHECKING:
@@ -55,9 +56,7 @@ def save_folded(sim, model: nn.Module, tokenizer, out: Path) -> Path:
     Loading ``out`` with ``save_pretrained``'s counterpart gives the FP model with α folded in;
     ``quantizer_encodings.json`` holds the grid (bits, scale, zero point) each site uses.
     """
-    plain = {key.replace(".layer.", "."): value for key, value in model.state_dict().items()
-             if "quantizer" not in key}
-    model.save_pretrained(str(out), state_dict=plain)
+    model.save_pretrained(str(out), state_dict=sim.original_state_dict())
     tokenizer.save_pretrained(str(out))
     encodings = {name: q.encodings() for name, q in sim.quantizers().items()}
     (out / "quantizer_encodings.json").write_text(json.dumps(encodings, indent=1))
@@ -82,8 +81,7 @@ def _blockwise(ctx: RunContext, sim, scales: dict) -> dict:
         return summary
     loader, data = ptq.calibration_loader(ctx, ptq.quant_settings(cfg, "quadapter"))
     batches = torch.cat(list(loader))
-    blocks = list(model.transformer.h)
-    names = [n for n, m in model.named_modules() if any(m is b for b in blocks)]
+    names, blocks = map(list, zip(*for_model(model).block_list(model)))
     with toggled(sim.enable, False):
         inputs, kwargs = capture_block_inputs(model, blocks, batches, bw.batch_size,
                                               bw.offload_dir and ctx.run_dir / bw.offload_dir)

