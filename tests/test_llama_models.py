@@ -243,3 +243,36 @@ def test_readme_command_runs_ptq_on_the_real_model(tmp_path, isolated_env):
     assert results["quantization"]["calibration"]["block_size"] == 64
     assert len(results["quantization"]["quantized_layers"]) == 30 * 7
     assert 50 < results["metrics"]["test/ptb/ppl"] < 1000
+
+
+# ---- the SmolLM2 experiments, shrunk (the real model, a few steps and tokens) -----------------------
+
+@needs_smollm2
+@needs_shared_data
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment, narrow, methods", [
+    ("smollm2_ptq_scan", [], {"ptq"}),
+    ("smollm2_quadapter", ["bits=w8a6"], {"fp", "ptq", "ptq+smoothquant", "qat", "quadapter",
+                                          "quadapter@smoothquant"}),
+])
+def test_smollm2_experiment_runs_shrunk(experiment, narrow, methods, tmp_path):
+    from test_experiments import SHRINK, job_value, sweep_jobs
+
+    from quadapter.report import method_label
+
+    shrink = {**SHRINK, "quadapter_sq": SHRINK["quadapter"]}
+    jobs = sweep_jobs(experiment, f"paths.data_dir={SHARED_DATA}", "eval.max_tokens=256",
+                      "eval.val_max_tokens=128", "trainer.val_check_interval=2", "logger=csv",
+                      "trainer.enable_progress_bar=false", *narrow)
+    seen = set()
+    for i, job in enumerate(jobs):
+        res = run(make(*job, *shrink[job_value(job, "compare")]), tmp_path / str(i))
+        assert res["status"] == "completed", res["error"]
+        assert res["model"] == "smollm2-135m+q4_1" and res["dataset"] == "ptb"
+        assert all(p["context"] == 128 and p["scored_tokens"] == 254 for p in res["protocol"].values())
+        if res["method"] == "quadapter":
+            assert res["quadapter"]["sites"] == ["ln1_qkv", "ln2_fc", "v_proj", "up_down"]
+            assert len(res["quadapter"]["blockwise"]["units"]) == 30
+        seen.add(method_label(res))
+    assert seen == methods
+    assert len(jobs) == (7 if experiment == "smollm2_ptq_scan" else 6)

@@ -83,8 +83,13 @@ def _dequantize(path: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                      dtype=torch.float32)
+    try:
+        gguf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                          dtype=torch.float32)
+    except (ImportError, ValueError, OSError) as e:  # gguf or accelerate missing, an unreadable file
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GgufError(f"model.gguf: transformers cannot read {path} ({first_line}); it needs the "
+                        "gguf and accelerate packages (pip install -e . installs both)") from e
     config = gguf_model.config
     del config.quantization_config  # the weights are plain float32 now: load them as such
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

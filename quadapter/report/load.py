@@ -26,9 +26,12 @@ _NOT_COMPUTED = ("paths", "logger", "run_name", "resume", "hydra")
 
 
 def method_label(ident: dict[str, Any]) -> str:
-    """``ptq+smoothquant``: the method, and its adapter where the method does not imply it."""
+    """``ptq+smoothquant``: the method, and its adapter where the method does not imply it;
+    ``quadapter@smoothquant``: an adapter started from another initialization than α = 1."""
     method, adapter = ident.get("method"), ident.get("adapter") or "none"
-    return str(method) if adapter in ("none", method) else f"{method}+{adapter}"
+    label = str(method) if adapter in ("none", method) else f"{method}+{adapter}"
+    init = ident.get("adapter_init")
+    return label if init in (None, "ones") else f"{label}@{init}"
 
 
 def _natural(path: Path) -> list:
