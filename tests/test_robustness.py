@@ -91,36 +91,41 @@ def test_config_differences_name_every_changed_added_or_removed_key_and_ignore_p
 
 # --- interrupts and non-finite training --------------------------------------------------------------
 
-def test_sigterm_during_training_checkpoints_and_the_rerun_resumes(tmp_path, small_model_dir, step_hook):
-    cfg = make_cfg(f"paths.cache_dir={small_model_dir.parents[1]}")
+# steps 30, a curve point every 10: the interruption falls between curve points and checkpoints
+LONGER = {"qat": ["method.train.steps=30", "method.train.batch_size=2", "method.train.warmup_steps=2"],
+          "quadapter": ["method.e2e.steps=30", "method.e2e.batch_size=2", "method.e2e.warmup_steps=2",
+                        "method.blockwise.steps=2"]}
 
-    def sigterm_at_step_4(module, loss):
-        if module.global_step == 4:
+
+@pytest.mark.parametrize("method", ["qat", "quadapter"])
+def test_interrupted_at_any_step_resumes_bit_identically(tmp_path, small_model_dir, step_hook, method):
+    cfg = make_cfg(f"method={method}", *LONGER[method], "trainer.val_check_interval=10",
+                   f"paths.cache_dir={small_model_dir.parents[1]}",
+                   base=[o for o in QAT if not o.startswith("method")])
+    fired = []
+
+    def sigterm_at_step_12(module, loss):
+        if module.global_step == 12 and not fired:
+            fired.append(True)
             os.kill(os.getpid(), signal.SIGTERM)
         return loss
 
-    step_hook["fn"] = sigterm_at_step_4
-    with pytest.raises(RunInterrupted, match="SIGTERM at step 5"):
+    step_hook["fn"] = sigterm_at_step_12
+    with pytest.raises(RunInterrupted, match="SIGTERM at step 13"):
         run(cfg, tmp_path)
     res = read(tmp_path)
     assert res["status"] == "interrupted" and "re-run the same command" in res["error"]
-    assert [row["step"] for row in res["training"]["curves"]] == [0, 3]  # kept from the stopped run
-    step_hook["fn"] = lambda module, loss: loss
+    assert [row["step"] for row in res["training"]["curves"]] == [0, 10]  # kept from the stopped run
     resumed = run(cfg, tmp_path)
     assert resumed["status"] == "completed"
-    assert [row["step"] for row in resumed["training"]["curves"]] == [0, 3, 6]  # none duplicated
+    assert resumed["attempts"] == [{"status": "interrupted", "error": res["error"]}]
     logged = read_metrics_csv(tmp_path / "csv" / "metrics.csv")  # the first attempt's rows are kept
-    assert [p["step"] for p in logged if "val/prose/ppl" in p] == [0, 3, 6]
-    assert [p["val/prose/ppl"] for p in logged if "val/prose/ppl" in p] == [
-        row["val/prose/ppl"] for row in resumed["training"]["curves"]]
-    # same batches, same dropout masks: the resumed run ends exactly where an unbroken one does
+    assert [p["step"] for p in logged if "val/prose/ppl" in p] == [0, 10, 20, 30]
+    # same batches in the same order, same dropout masks, same running train loss: the resumed run
+    # ends exactly where an unbroken one does, curves included
     unbroken = run(cfg, tmp_path / "unbroken")
     assert resumed["metrics"] == unbroken["metrics"]
-
-    def held_out(r):
-        return [{k: v for k, v in row.items() if k.startswith("val/")} for row in r["training"]["curves"]]
-    assert held_out(resumed) == held_out(unbroken)
-    assert resumed["attempts"] == [{"status": "interrupted", "error": res["error"]}]
+    assert resumed["training"]["curves"] == unbroken["training"]["curves"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, WeightedRandomSampler
 
 from quadapter.data.corpora import DataError
 
@@ -54,18 +54,49 @@ class LMDataModule(pl.LightningDataModule):
         self.batch_size, self.num_samples, self.seed = batch_size, num_samples, seed
 
     def train_dataloader(self) -> DataLoader:
-        """The seeded sample order; a run resumed at step k skips the k batches it already trained on.
-
-        Lightning restores ``global_step`` from the checkpoint before it asks for the loader, so an
-        interrupted and resumed run sees exactly the batches of an unbroken one.
-        """
+        """The seeded sample order, as a loader Lightning checkpoints mid-epoch (``ResumableLoader``)."""
         weights = torch.cat([torch.full((len(p),), 1.0 / len(p)) for p in self.parts])
         order = list(WeightedRandomSampler(weights, self.num_samples, replacement=True,
                                            generator=torch.Generator().manual_seed(self.seed)))
-        done = self.trainer.global_step if self.trainer is not None else 0
-        # A fresh loader draws its base seed from the global RNG (torch's default); the unbroken run
-        # drew it before step 0, so a resumed one, whose RNG state comes from the checkpoint
-        # (training.RandomState), must not draw it again.
-        return DataLoader(ConcatDataset(self.parts), batch_size=self.batch_size,
-                          sampler=order[done * self.batch_size:],
-                          generator=torch.Generator().manual_seed(self.seed) if done else None)
+        return ResumableLoader(ConcatDataset(self.parts), self.batch_size, order, self.seed,
+                               trained_batches=lambda: self.trainer.global_step)
+
+
+class FromPosition(Sampler[int]):
+    """A fixed sample order served from ``start`` on; its length is the whole order's, so Lightning's
+    epoch arithmetic (last batch, checkpoint cadence) is that of an unbroken run."""
+
+    def __init__(self, order: list[int]):
+        self.order, self.start = order, 0
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order[self.start:])
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader with Lightning's ``state_dict``/``load_state_dict`` protocol: the checkpoint holds
+    how many batches were trained on, and a resumed run serves the batches after them.
+
+    Without it Lightning restarts a plain loader's epoch from its first batch after a mid-epoch
+    resume, so the resumed run trains on other batches than an unbroken one.
+    ``trained_batches`` answers how many batches the model has stepped on (the trainer's global step:
+    the loader itself is ahead of it by Lightning's prefetch).
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, order: list[int], seed: int,
+                 trained_batches: Callable[[], int]):
+        super().__init__(dataset, batch_size=batch_size, sampler=FromPosition(order))
+        self.seed, self._trained_batches = seed, trained_batches
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches": self._trained_batches()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.start = state["batches"] * self.batch_size
+        # A fresh iterator draws its base seed from the global RNG; the unbroken run drew it before
+        # step 0, and a resumed run's RNG comes from the checkpoint (training.RandomState), so it
+        # must not draw again.
+        self.generator = torch.Generator().manual_seed(self.seed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,8 @@ class PerplexityCurves(Callback):
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         row: dict[str, float] = {"step": trainer.global_step}
         if self._loss_count:
-            row["train/ppl"] = math.exp(self._loss_sum / self._loss_count)
+            mean = self._loss_sum / self._loss_count  # a diverging loss overflows exp: inf, refused below
+            row["train/ppl"] = math.exp(mean) if mean < math.log(sys.float_info.max) else math.inf
             self._loss_sum, self._loss_count = 0.0, 0
         was_training = pl_module.training
         pl_module.eval()
@@ -78,11 +80,13 @@ class PerplexityCurves(Callback):
         log.info("step %d: %s", trainer.global_step,
                  ", ".join(f"{k}={v:.2f}" for k, v in row.items() if k != "step"))
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+    def state_dict(self) -> dict[str, Any]:  # the running train loss too: a resumed curve is exact
+        return {"history": self.history, "loss_sum": self._loss_sum, "loss_count": self._loss_count}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history[:] = state_dict["history"]  # in place: the run summary holds this list
+        self._loss_sum = state_dict.get("loss_sum", 0.0)
+        self._loss_count = state_dict.get("loss_count", 0)
 
 
 class RandomState(Callback):
