@@ -31,8 +31,8 @@ class CheckpointError(UserError):
 def check_checkpoint(path: str | Path) -> None:
     """Raise ``CheckpointError`` unless ``path`` is a readable Lightning checkpoint to resume from."""
     path = Path(path)
-    fix = (f"delete it (rm {path}) to restart this training phase from step 0, or rerun in a new "
-           "run dir")
+    fix = (f"delete it (rm {path}) and re-run the same command: this training phase restarts "
+           "from step 0")
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path} to resume from; start the phase without one")
     try:
@@ -74,7 +74,7 @@ def load_phase(path: str | Path, params: Mapping[str, Tensor]) -> tuple[dict[str
     path = Path(path)
     if not path.is_file():
         return None
-    fix = f"delete it (rm {path}) to run that phase again"
+    fix = f"delete it (rm {path}) and re-run the same command: that phase runs again"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         saved, summary, rng = state["params"], state["summary"], state["rng"]

@@ -32,6 +32,7 @@ def main() -> None:
     from quadapter.resume import incomplete_runs
 
     app()
+    _warn_if_refused(sys.argv[1:])
     if incomplete_runs:  # filled after a sweep by resume.SweepExitStatus
         print(f"quadapter: {len(incomplete_runs)} run(s) of the sweep did not complete: "
               f"{', '.join(incomplete_runs)}", file=sys.stderr)
@@ -65,10 +66,47 @@ def app(cfg: DictConfig) -> float:
             return math.inf  # the sweep goes on (its report and exit status list this run); to a
             # search (Optuna) a failed run is the worst perplexity, not a crash when all trials fail
         sys.exit(EXIT_FAILED)
+    if results["status"] != "completed":  # skipped by the resume rule: an earlier failed attempt
+        print(f"quadapter: {run_dir} holds a {results['status']} run ({results.get('error')}); it was "
+              "not run again: pass resume.rerun_failed=true to retry it", file=sys.stderr)
+        if multirun:
+            return math.inf  # listed by resume.SweepExitStatus; the sweep exits 1
+        sys.exit(EXIT_FAILED)
     print(format_results(results))
     print(f"results: {run_dir / 'results.json'}")
     objective = results["metrics"].get(f"test/{cfg.dataset.name}/ppl")  # what Hydra sweepers minimize
     return objective if results["status"] == "completed" and objective is not None else math.inf
+
+
+def _warn_if_refused(argv: list[str]) -> None:
+    """After ``--cfg``/``-c`` (Hydra prints the config and runs nothing): say whether a run of that
+    config would be refused, so a printed config is never mistaken for a valid one. Sweeps (``-m``
+    with comma lists) are not checked here: each of their runs is checked when it starts."""
+    if not any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in argv) or any(
+            a in ("-m", "--multirun") for a in argv):
+        return
+    takes_value = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-dir", "-cd",
+                   "--config-path", "-cp", "--info", "-i"}
+    overrides, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in takes_value:
+            skip = True
+        elif not a.startswith("-"):
+            overrides.append(a)
+    from hydra import compose, initialize_config_dir
+
+    from quadapter.errors import UserError
+    from quadapter.methods import check_config
+
+    try:
+        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+            check_config(compose("config", overrides=overrides))
+    except UserError as e:
+        print(f"quadapter: warning: a run of this config would be refused: {e}", file=sys.stderr)
+    except Exception:  # composing failed: Hydra has already said why
+        pass
 
 
 if __name__ == "__main__":

@@ -15,10 +15,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
+from filelock import FileLock, Timeout
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -28,6 +34,42 @@ from quadapter.tracking import config_differences
 log = logging.getLogger(__name__)
 Action = Literal["run", "skip", "resume"]
 incomplete_runs: list[str] = []  # of the last sweep, for the exit status of `quadapter -m`
+
+
+LOCK_FILE, OWNER_FILE = ".quadapter.lock", ".quadapter.owner"
+
+
+class RunDirBusy(UserError):
+    """Another live process owns the run dir (a repeated command, a sweep launched twice)."""
+
+
+@contextmanager
+def owned(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir`` for this process while a run reads and writes it.
+
+    An OS file lock (``filelock``): the kernel releases it when its process dies, so a killed run's
+    dir is taken over by the next attempt, while a second process beside a live owner is refused
+    before it reads or writes anything. ``.quadapter.owner`` names the owner for the message.
+    """
+    run_dir = Path(run_dir)
+    lock = FileLock(run_dir / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            owner = json.loads((run_dir / OWNER_FILE).read_text())
+            who = f"process {owner['pid']} on {owner['host']} (since {owner['since']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            who = "another process"
+        raise RunDirBusy(f"{run_dir} is in use by {who}; nothing was changed. Wait for it to end, "
+                         "or give this run its own dir (a new hydra.sweep.dir or hydra.run.dir)") from None
+    try:
+        (run_dir / OWNER_FILE).write_text(json.dumps({
+            "pid": os.getpid(), "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+        yield
+    finally:
+        lock.release()
 
 
 def previous_results(path: Path) -> dict[str, Any] | None:

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from quadapter.checkpoints import CheckpointError
 from quadapter.comparison import check as check_comparison
 from quadapter.data import eval_sets, token_ids
 from quadapter.errors import ConfigError, RunInterrupted, TrainingError
@@ -27,7 +28,7 @@ from quadapter.methods import RunContext, check_config, get_method
 from quadapter.methods.embedded_model import ensure_embedded_model
 from quadapter.models.loading import eval_window, load_model, model_location
 from quadapter.models.outliers import apply_outlier_profile
-from quadapter.resume import decide, previous_results
+from quadapter.resume import decide, owned, previous_results
 from quadapter.tracking import (build_loggers, close_loggers, config_hash, environment, log_metrics,
                                 write_json_atomic)
 
@@ -39,9 +40,28 @@ def default_cache_dir() -> Path:
 
 
 def device_for(accelerator: str) -> torch.device:
+    """The device of ``trainer.accelerator``; one the installed torch lacks is a ``ConfigError``."""
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        build = f"a CUDA build ({torch.version.cuda})" if torch.version.cuda else "a CPU-only build"
+        raise ConfigError(f"trainer.accelerator={accelerator} but no CUDA GPU is usable here (torch "
+                          f"{torch.__version__} is {build}): use trainer.accelerator=auto or cpu, "
+                          "or install a CUDA build of torch on a GPU machine")
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def check_dirs(**dirs: str | Path | None) -> None:
+    """Each given path (``paths.cache_dir=...``) is a folder or can become one: a file there would
+    fail deep inside a library (a tokenizer cache, a checkpoint) instead of here."""
+    for key, path in dirs.items():
+        if path is None:
+            continue
+        path = Path(path).expanduser()
+        blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise ConfigError(f"paths.{key}={path} cannot be a folder: {blocker} is a file; point "
+                              f"paths.{key} at a folder (or remove the file)")
 
 
 def run(cfg: DictConfig, run_dir: str | Path, group: str | None = None,
@@ -53,9 +73,15 @@ def run(cfg: DictConfig, run_dir: str | Path, group: str | None = None,
 
     A dir that already holds results is handled by the resume rule (``quadapter.resume``): a
     completed run is returned as it is, an interrupted one resumes from its checkpoints.
+    A second process on the same dir is refused while the first lives (``resume.owned``).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with owned(run_dir):
+        return _run(cfg, run_dir, group, command_line)
+
+
+def _run(cfg: DictConfig, run_dir: Path, group: str | None, command_line: Sequence[str]) -> dict[str, Any]:
     results_path = run_dir / "results.json"
     previous = previous_results(results_path)
     try:
@@ -99,16 +125,22 @@ def run(cfg: DictConfig, run_dir: str | Path, group: str | None = None,
         with interruptible():
             check_comparison(command_line)
             check_config(cfg)  # bad values fail here: before loggers, downloads or training
+            device = device_for(cfg.trainer.accelerator)
+            check_dirs(cache_dir=cache_dir)
             tags = [f"method:{cfg.method.name}", f"bits:{results['bits']}", f"model:{cfg.model.name}",
                     f"dataset:{cfg.dataset.name}", f"adapter:{cfg.adapter.name}"]
             loggers = build_loggers(cfg.logger, run_dir, cfg.run_name, group or cfg.run_name,
                                     cfg.method.name, tags, OmegaConf.to_container(cfg, resolve=True))
-            _execute(cfg, run_dir, cache_dir, data_dir, results, summary, loggers)
+            _execute(cfg, run_dir, cache_dir, data_dir, device, results, summary, loggers)
         results["status"] = "completed"
     except (RunInterrupted, KeyboardInterrupt) as e:
         results["status"] = "interrupted"
         results["error"] = (f"{e or 'KeyboardInterrupt'}; re-run the same command (same hydra.sweep.dir "
                             f"or hydra.run.dir) to resume")
+        raise
+    except CheckpointError as e:  # resumable once the file is gone: not a failure the resume rule skips
+        results["status"] = "interrupted"
+        results["error"] = f"{type(e).__name__}: {e}"
         raise
     except BaseException as e:
         results["status"] = "failed"
@@ -123,12 +155,12 @@ def run(cfg: DictConfig, run_dir: str | Path, group: str | None = None,
 
 
 def _execute(cfg: DictConfig, run_dir: Path, cache_dir: Path, data_dir: str | None,
-             results: dict[str, Any], summary: dict[str, Any], loggers: list) -> None:
+             device: torch.device, results: dict[str, Any], summary: dict[str, Any],
+             loggers: list) -> None:
     """Load, apply the method, evaluate: fills ``results`` (metrics as they come) and ``summary``."""
     timings = results["timings"]
     t = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    device = device_for(cfg.trainer.accelerator)
     gguf_spec = cfg.model.get("gguf")
     if cfg.model.name_or_path is None and gguf_spec is None:  # the embedded model, pretrained here
         model_path = str(ensure_embedded_model(OmegaConf.to_container(cfg.model.pretrain, resolve=True),

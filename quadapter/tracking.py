@@ -7,6 +7,7 @@ W&B is added on top, offline unless credentials are configured (``wandb sync`` u
 from __future__ import annotations
 
 import csv
+import logging
 import hashlib
 import json
 import netrc
@@ -21,6 +22,10 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+
+from quadapter.errors import UserError
+
+log = logging.getLogger(__name__)
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 # Keys that say where or how a run is logged, not what it computes: left out of the config hash.
@@ -102,12 +107,17 @@ def resolve_wandb_mode(mode: str) -> str:
         return mode
     if os.environ.get("WANDB_MODE") in ("online", "offline", "disabled"):
         return os.environ["WANDB_MODE"]
+    return "online" if wandb_credentials() else "offline"
+
+
+def wandb_credentials() -> bool:
+    """Whether W&B has an API key: ``WANDB_API_KEY`` or the netrc entry ``wandb login`` writes."""
     if os.environ.get("WANDB_API_KEY"):
-        return "online"
+        return True
     try:
-        return "online" if netrc.netrc().authenticators("api.wandb.ai") else "offline"
+        return bool(netrc.netrc().authenticators("api.wandb.ai"))
     except (OSError, netrc.NetrcParseError):
-        return "offline"
+        return False
 
 
 def csv_logger(run_dir: Path) -> CSVLogger:
@@ -140,13 +150,25 @@ def build_loggers(logger_cfg: Mapping[str, Any], run_dir: Path, run_name: str, g
     wb = logger_cfg.get("wandb")
     if wb:
         mode = resolve_wandb_mode(wb.get("mode", "auto"))
+        if mode == "online" and not wandb_credentials():  # W&B would fail only at the run's end
+            raise UserError("W&B is online (logger.wandb.mode or WANDB_MODE) but has no API key: "
+                            "run `wandb login` (or set WANDB_API_KEY), or log offline with "
+                            "logger.wandb.mode=offline and upload later with `wandb sync`")
         if mode != "disabled":
             os.environ.setdefault("WANDB_SILENT", "true")
-            loggers.append(WandbLogger(
+            logger = WandbLogger(
                 name=run_name, project=wb["project"], entity=wb.get("entity"),
                 group=wb.get("group") or group, job_type=job_type,
                 tags=sorted(set(tags) | set(wb.get("tags") or [])), save_dir=str(run_dir),
-                offline=mode == "offline", config=config))
+                offline=mode == "offline", config=config)
+            try:  # start it now: a refused key or unreachable server fails before any work
+                logger.experiment  # noqa: B018
+            except Exception as e:
+                raise UserError(f"W&B could not start the run ({type(e).__name__}: "
+                                f"{str(e).strip().splitlines()[0] if str(e).strip() else e!r}); "
+                                "check `wandb login` and the network, or log offline with "
+                                "logger.wandb.mode=offline and `wandb sync` later") from e
+            loggers.append(logger)
     return loggers
 
 
@@ -175,13 +197,24 @@ def summary_of(results: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def close_loggers(loggers: list[Logger], results: Mapping[str, Any]) -> None:
-    """Flush every logger and finish the W&B run (summary = results), so no run is left open."""
+    """Flush every logger and finish the W&B run (summary = results), so no run is left open.
+
+    Never raises: ``results.json`` and the CSV already hold the run, so a logger that fails to close
+    (a W&B server that went away) is a warning, not a failed run."""
     status = results["status"]
     for logger in loggers:
-        if isinstance(logger, WandbLogger):
-            logger.experiment.summary.update(summary_of(results))
-        logger.finalize("success" if status == "completed" else "failed")
+        try:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.summary.update(summary_of(results))
+            logger.finalize("success" if status == "completed" else "failed")
+        except Exception as e:
+            log.warning("%s could not close (%s: %s); results.json and the CSV log are complete",
+                        type(logger).__name__, type(e).__name__, e)
     if any(isinstance(logger, WandbLogger) for logger in loggers):
         import wandb
 
-        wandb.finish(exit_code=0 if status == "completed" else 1)
+        try:
+            wandb.finish(exit_code=0 if status == "completed" else 1)
+        except Exception as e:
+            log.warning("W&B could not finish the run (%s: %s); upload its folder under "
+                        "<run dir>/wandb later with `wandb sync`", type(e).__name__, e)

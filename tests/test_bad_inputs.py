@@ -82,6 +82,21 @@ def copy_model(model_dir, out, skip=()):
 # ---------------------------------------------------------------------------------------- data
 
 
+def test_data_dir_that_is_a_file_is_called_a_file(tmp_path):
+    (tmp_path / "mirror").write_text("not a folder")
+    with pytest.raises(DataError, match=r"the data dir .*mirror \(paths.data_dir, by default "
+                                        r"\$QUADAPTER_DATA_DIR\) is a file, not a folder"):
+        load_text(dataset("ptb"), "test", str(tmp_path / "mirror"))
+
+
+def test_utf8_error_names_the_files_own_byte_and_line(tmp_path):
+    write_mirror(tmp_path)
+    good = "".join(f"line {i} of plain text in a large file\n" for i in range(3000)).encode()
+    (tmp_path / "ptb" / "ptb.test.txt").write_bytes(good + b"caf\xe9\n")
+    with pytest.raises(DataError, match=rf"is not UTF-8 text \(byte {len(good) + 3}, line 3001:"):
+        load_rows(dataset("ptb"), "test", str(tmp_path))
+
+
 def test_missing_data_dir_names_it_the_expected_file_and_the_env_var(tmp_path):
     with pytest.raises(DataError) as err:
         load_text(dataset("ptb"), "test", str(tmp_path / "nowhere"))
@@ -391,7 +406,7 @@ def test_real_lightning_checkpoint_passes_and_truncated_copies_fail(tmp_path, li
             check_checkpoint(bad)
         assert str(err.value).startswith(f"checkpoint {bad} cannot be resumed from: it is truncated "
                                          "or corrupt")
-        assert f"delete it (rm {bad}) to restart this training phase from step 0" in str(err.value)
+        assert f"delete it (rm {bad}) and re-run the same command" in str(err.value)
 
 
 def test_foreign_or_unsafe_checkpoints_are_refused(tmp_path, lightning_checkpoint):
@@ -475,10 +490,98 @@ def test_window_resume_and_training_data_checks_in_a_run(tmp_path, model_dir):
     last = tmp_path / "run" / "checkpoints" / "e2e" / "last.ckpt"
     last.parent.mkdir(parents=True)
     last.write_bytes(b"PK\x03\x04 truncated")
-    msg = failed_run(compose_run(model_dir, mirror, tmp_path / "cache", *qat), tmp_path / "run",
-                     CheckpointError)
-    assert f"rm {last}" in msg
+    cfg = compose_run(model_dir, mirror, tmp_path / "cache", *qat)
+    with pytest.raises(CheckpointError) as err:
+        run(cfg, tmp_path / "run")
+    assert f"delete it (rm {last}) and re-run the same command" in str(err.value)
+    # resumable, not failed: the fix the message gives leads to a run that actually runs
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "interrupted"
+    last.unlink()
+    assert run(cfg, tmp_path / "run")["status"] == "completed"
     write_mirror(mirror, train="the market\n")
     msg = failed_run(compose_run(model_dir, mirror, tmp_path / "cache", *qat,
                                  "quantizer.calibration.split=validation"), tmp_path / "run2", DataError)
     assert "dataset 'ptb', split 'train' has" in msg and "lower eval.context" in msg
+
+
+# ------------------------------------------------------------------ checked before heavy work
+
+
+def test_accelerator_the_installed_torch_lacks_is_a_config_error(tmp_path, model_dir):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    mirror = write_mirror(tmp_path / "data", test=PTB_TEXT)
+    msg = failed_run(compose_run(model_dir, mirror, tmp_path / "cache", "trainer.accelerator=gpu"),
+                     tmp_path / "run", ConfigError)
+    assert msg.startswith("trainer.accelerator=gpu but no CUDA GPU is usable here") and \
+        "use trainer.accelerator=auto or cpu" in msg
+
+
+def test_cache_dir_that_is_a_file_is_a_config_error(tmp_path, model_dir):
+    mirror = write_mirror(tmp_path / "data", test=PTB_TEXT)
+    (tmp_path / "cachefile").write_text("")
+    msg = failed_run(compose_run(model_dir, mirror, tmp_path / "cachefile" / "sub"), tmp_path / "run",
+                     ConfigError)
+    assert msg == (f"paths.cache_dir={tmp_path / 'cachefile' / 'sub'} cannot be a folder: "
+                   f"{tmp_path / 'cachefile'} is a file; point paths.cache_dir at a folder (or remove "
+                   "the file)")
+
+
+def test_wandb_online_without_a_key_fails_before_the_run_computes(tmp_path, model_dir, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc either
+    mirror = write_mirror(tmp_path / "data", test=PTB_TEXT)
+    cfg = compose_run(model_dir, mirror, tmp_path / "cache", "logger=wandb", "logger.wandb.mode=online")
+    msg = failed_run(cfg, tmp_path / "run", UserError)
+    assert msg.startswith("W&B is online (logger.wandb.mode or WANDB_MODE) but has no API key: run "
+                          "`wandb login`") and "logger.wandb.mode=offline" in msg
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["metrics"] == {}
+
+
+def test_a_logger_that_fails_to_close_does_not_fail_the_run(caplog):
+    from pytorch_lightning.loggers import CSVLogger
+
+    from quadapter.tracking import close_loggers
+
+    class Broken(CSVLogger):
+        def finalize(self, status):
+            raise ConnectionError("server went away")
+
+    close_loggers([Broken("/nonexistent")], {"status": "completed"})
+    assert "Broken could not close (ConnectionError: server went away)" in caplog.text
+
+
+# ------------------------------------------------------------------ one process per run dir
+
+
+def test_a_busy_run_dir_is_refused_untouched_and_a_dead_owners_taken_over(tmp_path, model_dir):
+    import signal
+    import subprocess
+    import sys
+
+    from quadapter.resume import RunDirBusy, owned
+
+    mirror = write_mirror(tmp_path / "data", test=PTB_TEXT)
+    cfg = compose_run(model_dir, mirror, tmp_path / "cache")
+    run_dir = tmp_path / "run"
+    assert run(cfg, run_dir)["status"] == "completed"
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    owner = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                              "from quadapter.resume import owned\n"
+                              "with owned(Path(sys.argv[1])):\n print('held', flush=True); time.sleep(60)",
+                              str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirBusy, match=rf"{run_dir} is in use by process {owner.pid} on .*; "
+                                             "nothing was changed"):
+            run(cfg, run_dir)
+        after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+        assert {p: b for p, b in after.items() if p.name != ".quadapter.owner"} == {
+            p: b for p, b in before.items() if p.name != ".quadapter.owner"}
+    finally:
+        owner.send_signal(signal.SIGKILL)  # dies holding the lock: the kernel releases it
+        owner.wait()
+    with owned(run_dir):  # taken over
+        pass
+    assert run(cfg, run_dir)["status"] == "completed"

@@ -124,6 +124,22 @@ def test_missing_data_fails_clearly_and_records_the_failure(tmp_path, small_mode
     assert "Traceback" not in proc.stderr  # a fixable error is one message, not a stack trace
     res = json.loads((run_dir / "results.json").read_text())
     assert res["status"] == "failed" and "ptb.test.txt" in res["error"]
+    # the same command again: skipped by the resume rule, and still not a success (`&& next` stops)
+    again = quadapter(f"model.name_or_path={small_model_dir}", "dataset=ptb", "eval=in_domain",
+                      "logger=csv", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+                      env={"QUADAPTER_DATA_DIR": str(tmp_path / "empty")}, check=False)
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert f"quadapter: {run_dir} holds a failed run (DataError: " in again.stderr
+    assert "pass resume.rerun_failed=true to retry it" in again.stderr
+
+
+def test_printing_a_config_the_run_would_refuse_says_so(tmp_path):
+    proc = quadapter("--cfg", "job", "seed=-1", cwd=tmp_path, check=False)
+    assert proc.returncode == 0 and "seed: -1" in proc.stdout
+    assert ("quadapter: warning: a run of this config would be refused: config error: seed=-1 is "
+            "invalid: expected an integer in 0..4294967295") in proc.stderr
+    ok = quadapter("--cfg", "job", "seed=3", cwd=tmp_path)
+    assert "warning" not in ok.stderr
 
 
 def test_a_failed_run_does_not_stop_the_sweep(tmp_path, small_model_dir):

@@ -141,6 +141,20 @@ def test_non_finite_loss_fails_the_run_naming_the_step(tmp_path, small_model_dir
     assert res["training"]["stopped_at_step"] == 4
 
 
+def test_a_diverging_loss_stops_at_its_curve_point_as_non_finite(tmp_path, small_model_dir, step_hook):
+    """A loss that grows without being inf overflows exp() in the running train perplexity: the run
+    fails with the documented one-line message and keeps its curve up to there."""
+    cfg = make_cfg(f"paths.cache_dir={small_model_dir.parents[1]}", "trainer.precision=16-mixed")
+    step_hook["fn"] = lambda module, loss: loss * 1e4 if module.global_step >= 4 else loss
+    with pytest.raises(TrainingError, match=r"non-finite perplexity at step 6: train/ppl=inf"):
+        run(cfg, tmp_path)
+    res = read(tmp_path)
+    assert res["status"] == "failed" and res["error"].startswith("TrainingError: non-finite perplexity")
+    assert [row["step"] for row in res["training"]["curves"]] == [0, 3, 6]
+    assert res["training"]["curves"][-1]["train/ppl"] == float("inf")
+    assert res["training"]["precision"] == "bf16-mixed"  # what Lightning ran on a CPU, not 16-mixed
+
+
 # --- reproducibility and provenance ------------------------------------------------------------------
 
 @pytest.mark.slow  # three QAT runs (CI runs it)

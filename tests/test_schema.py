@@ -69,7 +69,7 @@ BAD = [
     ("ptq", dict(bits__weight=4), ["bits.name='w8a8' does not match bits.weight=4, bits.act=8",
                                    "bits.name=w4a8"]),
     ("ptq", dict(bits__weight=None, bits__act=None),
-     ["method=ptq with bits=w8a8 quantizes nothing", "bits.weight and bits.act are both null"]),
+     ["method=ptq with bits.weight=null and bits.act=null quantizes nothing"]),
     # quantizer: enumerations, flags, estimator options, sites
     ("ptq", dict(quantizer__act__granularity="per_row"),
      ["quantizer.act.granularity='per_row' is invalid: expected one of per_tensor, per_channel, "
@@ -122,18 +122,18 @@ BAD = [
     ("quadapter", dict(adapter__name="lora"),
      ["adapter.name='lora' is invalid: expected one of none, quadapter, smoothquant"]),
     # learning rates, steps, batch sizes
-    ("qat", dict(method__lr__weights=0), ["method.lr.weights=0 is invalid: expected a number > 0"]),
+    ("qat", dict(method__lr__weights=0), ["method.lr.weights=0 is invalid: expected a finite number > 0"]),
     ("qat", dict(method__lr__ranges=-1e-3),
-     ["method.lr.ranges=-0.001 is invalid: expected a number > 0"]),
+     ["method.lr.ranges=-0.001 is invalid: expected a finite number > 0"]),
     ("quadapter", dict(method__lr__alpha=-0.01),
-     ["method.lr.alpha=-0.01 is invalid: expected a number > 0"]),
+     ["method.lr.alpha=-0.01 is invalid: expected a finite number > 0"]),
     ("quadapter", dict(method__blockwise__lr=0.0),
-     ["method.blockwise.lr=0.0 is invalid: expected a number > 0"]),
+     ["method.blockwise.lr=0.0 is invalid: expected a finite number > 0"]),
     ("quadapter", dict(method__blockwise__lr_ranges=-1),
-     ["method.blockwise.lr_ranges=-1 is invalid: expected a number > 0"]),
-    ("fp", dict(model__pretrain__lr=0), ["model.pretrain.lr=0 is invalid: expected a number > 0"]),
+     ["method.blockwise.lr_ranges=-1 is invalid: expected a finite number > 0"]),
+    ("fp", dict(model__pretrain__lr=0), ["model.pretrain.lr=0 is invalid: expected a finite number > 0"]),
     ("qat", dict(method__lr__weights="fast"),
-     ["method.lr.weights='fast' is invalid: expected a number > 0"]),
+     ["method.lr.weights='fast' is invalid: expected a finite number > 0"]),
     ("qat", dict(method__train__steps=0), ["method.train.steps=0 is invalid: expected an integer >= 1"]),
     ("qat", dict(method__train__batch_size=-1),
      ["method.train.batch_size=-1 is invalid: expected an integer >= 1"]),
@@ -217,7 +217,7 @@ BAD = [
     ("fp", dict(model__outlier_profile={"channels": 500}),
      ["model.outlier_profile.channels=500 is invalid: expected an integer in 1..192"]),
     ("fp", dict(model__outlier_profile={"factor": 0}),
-     ["model.outlier_profile.factor=0 is invalid: expected a number > 0"]),
+     ["model.outlier_profile.factor=0 is invalid: expected a finite number > 0"]),
     ("fp", dict(model__dtype="int8"),
      ["model.dtype='int8' is invalid: expected one of float32, float16, bfloat16, float64"]),
     # unknown keys (what `+key=value` adds; without `+` Hydra refuses them itself)
@@ -230,6 +230,15 @@ BAD = [
     ("fp", {"method.name": "gptq"},
      ["method.name='gptq' is invalid: expected one of fp, ptq, qat, quadapter"]),
     ("fp", {"run_name": "${nope}"}, ["run_name: an interpolation cannot be resolved"]),
+    # numbers a library would refuse later: seeds outside numpy's range, infinite rates
+    ("fp", dict(seed=-1), ["seed=-1 is invalid: expected an integer in 0..4294967295"]),
+    ("fp", dict(seed=2**32), ["seed=4294967296 is invalid: expected an integer in 0..4294967295"]),
+    ("qat", dict(method__lr__weights=float("inf")),
+     ["method.lr.weights=inf is invalid: expected a finite number > 0"]),
+    ("qat", dict(method__lr__weights=float("nan")),
+     ["method.lr.weights=nan is invalid: expected a finite number > 0"]),
+    ("qat", dict(trainer__gradient_clip_val=float("inf")),
+     ["trainer.gradient_clip_val=inf is invalid: expected a finite number >= 0"]),
 ]
 
 
@@ -281,6 +290,9 @@ COMBINATIONS = [
      "adapter=smoothquant needs quantized activations (bits.act=null)"),
     ("quadapter", dict(adapter__init="smoothquant", bits__act=None, bits__name="w8"),
      "adapter.init=smoothquant needs quantized activations (bits.act=null)"),
+    ("qat", dict(quantizer__act__granularity="per_token"),
+     "method=qat with quantizer.learnable='min_max' and per_token activations: per-token activation "
+     "ranges are recomputed on every token, so there are none to learn"),
 ]
 
 

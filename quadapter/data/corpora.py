@@ -9,6 +9,7 @@ split, the file or hub location, and the fix.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -116,8 +117,8 @@ def _local_rows(spec: Mapping[str, Any], split: str, data_dir: str | None) -> li
     path = _local_path(spec, split, data_dir)
     if not root.is_dir():
         raise DataError(
-            f"dataset {name!r}, split {split!r}: the data dir {root} ({DATA_DIR_KEYS}) does not "
-            f"exist; it should hold {local['dir']}/{files[split]}. Point QUADAPTER_DATA_DIR or "
+            f"dataset {name!r}, split {split!r}: the data dir {root} ({DATA_DIR_KEYS}) "
+            f"{'is a file, not a folder' if root.exists() else 'does not exist'}; it should hold {local['dir']}/{files[split]}. Point QUADAPTER_DATA_DIR or "
             "paths.data_dir at the local mirror (README, Data), or unset both to use the hub")
     if not path.is_file():
         found = sorted(p.name for p in path.parent.iterdir()) if path.parent.is_dir() else None
@@ -132,13 +133,16 @@ def _local_rows(spec: Mapping[str, Any], split: str, data_dir: str | None) -> li
     if fmt not in LOCAL_FORMATS:
         raise DataError(f"dataset {name!r}: local.format={fmt!r} is not one of {LOCAL_FORMATS}")
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
-    except UnicodeDecodeError as e:
-        raise DataError(f"dataset {name!r}, split {split!r}: {path} is not UTF-8 text (byte "
-                        f"{e.start}: {e.reason}); re-encode it as UTF-8") from e
+        raw = path.read_bytes()
     except OSError as e:
         raise DataError(f"dataset {name!r}, split {split!r}: cannot read {path}: {e}") from e
+    try:  # decoded whole, so the error's offset is the file's own; newlines as open() reads them
+        lines = io.StringIO(raw.decode("utf-8"), newline=None).readlines()
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"dataset {name!r}, split {split!r}: {path} is not UTF-8 text (byte "
+                        f"{e.start}, line {line}: {e.reason}); "
+                        "re-encode it as UTF-8") from e
     if fmt == "jsonl":
         return _jsonl_rows(lines, local.get("text_field", "text"), path, name, split)
     if fmt == "wikitext":

@@ -83,8 +83,9 @@ def quant_settings(cfg: DictConfig, method: str) -> QuantSettings:
     """The run's quantization settings; ``method`` names the caller in errors."""
     weight_bits, act_bits = _bits(cfg, "weight"), _bits(cfg, "act")
     if weight_bits is None and act_bits is None:
-        raise ConfigError(f"config error: method={method} with bits={cfg.bits.name} quantizes "
-                          "nothing: choose quantized bits, e.g. bits=w8a8 or bits=w4a8")
+        given = "bits=fp" if cfg.bits.name == "fp" else "bits.weight=null and bits.act=null"
+        raise ConfigError(f"config error: method={method} with {given} quantizes nothing: choose "
+                          "quantized bits, e.g. bits=w8a8 or bits=w4a8")
     q = cfg.quantizer
     if q.name == "none" or "estimator" not in q:
         raise ConfigError(f"config error: method={method} with quantizer={q.name} has no "

@@ -188,7 +188,8 @@ def train_lm(ctx, param_groups: list[dict], train_cfg, phase: str, eval_sets: di
     trainer.callbacks.append(StopOnSignal(last))
     model.train()  # dropout as in pretraining; the curve callback evaluates in eval mode
     summary = {"phase": phase, "steps": train_cfg.steps, "train_tokens": len(train),
-               "curve_splits": curve_splits, "curves": curves.history}
+               "curve_splits": curve_splits, "curves": curves.history,
+               "precision": trainer.precision}  # what Lightning runs (on a CPU 16-mixed is bf16-mixed)
     try:
         with interrupts.deferred():
             trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)

@@ -10,6 +10,7 @@ Nothing stops at the first problem.
 from __future__ import annotations
 
 import difflib
+import math
 import functools
 import types
 import typing
@@ -41,9 +42,10 @@ def in_range(lo: int, hi: int) -> Check:
 
 POSITIVE_INT = at_least(1)
 NON_NEGATIVE_INT = at_least(0)
-POSITIVE = Check(lambda v: v > 0, "a number > 0")
-NON_NEGATIVE = Check(lambda v: v >= 0, "a number >= 0")
+POSITIVE = Check(lambda v: math.isfinite(v) and v > 0, "a finite number > 0")  # inf and nan fail later
+NON_NEGATIVE = Check(lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 UNIT_INTERVAL = Check(lambda v: 0 <= v <= 1, "a number in [0, 1]")
+SEED = in_range(0, 2**32 - 1)  # what numpy and Lightning's seed_everything accept
 NON_EMPTY = Check(lambda v: bool(str(v).strip()), "a non-empty string")
 
 

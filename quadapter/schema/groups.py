@@ -19,6 +19,7 @@ from quadapter.schema.fields import (
     NON_NEGATIVE_INT,
     POSITIVE,
     POSITIVE_INT,
+    SEED,
     UNIT_INTERVAL,
     Check,
     at_least,
@@ -116,7 +117,7 @@ class Pretrain:
     lr: float = knob(check=POSITIVE, hint="peak learning rate")
     warmup_steps: int = knob(check=NON_NEGATIVE_INT)
     weight_decay: float = knob(check=NON_NEGATIVE)
-    seed: int = knob()
+    seed: int = knob(check=SEED)
     tokenizer_chars: int = knob(check=POSITIVE_INT)
     checkpoint_every: Optional[int] = knob(None, check=POSITIVE_INT)
 
@@ -125,7 +126,7 @@ class Pretrain:
 class OutlierProfile:
     channels: int = knob(4, check=POSITIVE_INT)
     factor: float = knob(30.0, check=POSITIVE)
-    seed: int = knob(0)
+    seed: int = knob(0, check=SEED)
 
 
 @dataclass
@@ -209,14 +210,14 @@ class PercentileOptions:
     percentile: float = knob(99.99, check=Check(lambda v: 50 < v <= 100, "a number in (50, 100]"),
                              hint="upper percentile kept; 100 = min-max")
     max_samples: int = knob(65536, check=in_range(1, 2**24))
-    seed: int = knob(SAMPLE_SEED)
+    seed: int = knob(SAMPLE_SEED, check=SEED)
 
 
 @dataclass
 class MSEOptions:
     num_candidates: int = knob(100, check=POSITIVE_INT)
     max_samples: int = knob(65536, check=POSITIVE_INT)
-    seed: int = knob(SAMPLE_SEED)
+    seed: int = knob(SAMPLE_SEED, check=SEED)
     chunk_elems: int = knob(2**22, check=POSITIVE_INT)
 
 
@@ -390,7 +391,7 @@ def _ignores_quantizer(cfg: Any) -> bool:
 
 @dataclass
 class Config:
-    seed: int = knob()
+    seed: int = knob(check=SEED)
     run_name: str = knob(check=NON_EMPTY)
     resume: Resume = knob()
     paths: Paths = knob()

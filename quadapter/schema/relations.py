@@ -57,6 +57,12 @@ def run_relations(view: View, problems: Problems) -> None:
 
 # ---- quantization ------------------------------------------------------------------------------
 
+def _no_bits(name: str) -> str:
+    """How a config without quantized bits was given: bits=fp, or both bit-widths nulled by hand
+    (then bits.name still says what they were)."""
+    return "bits=fp" if name == "fp" else "bits.weight=null and bits.act=null"
+
+
 @relation
 def quantizing_methods_need_bits_and_ranges(v: View, p: Problems) -> None:
     method = v("method.name")
@@ -65,8 +71,8 @@ def quantizing_methods_need_bits_and_ranges(v: View, p: Problems) -> None:
     weight, act = v("bits.weight"), v("bits.act")
     if weight is None and act is None:
         p.add(["bits.weight", "bits.act"],
-              f"method={method} with bits={v('bits.name')} quantizes nothing: choose quantized "
-              "bits, e.g. bits=w8a8 or bits=w4a8 (bits.weight and bits.act are both null)")
+              f"method={method} with {_no_bits(v('bits.name'))} quantizes nothing: choose quantized "
+              "bits, e.g. bits=w8a8 or bits=w4a8")
     q = v("quantizer")
     if q["name"] == "none" or q["estimator"] is None:
         p.add("quantizer.estimator",
@@ -226,6 +232,18 @@ def quadapter_range_learning_needs_learnable_ranges(v: View, p: Problems) -> Non
                                      "and method.learn_ranges=false: the ranges would be learnable "
                                      "parameters that never train; set method.learn_ranges=true, "
                                      "or use fixed ranges (quantizer=minmax)")
+
+
+@relation
+def qat_learnable_ranges_need_static_activation_ranges(v: View, p: Problems) -> None:
+    learnable = v("quantizer.learnable")
+    if (v("method.name") == "qat" and learnable not in (None, "none") and v("bits.act") is not None
+            and v("quantizer.act.granularity") == "per_token"):
+        p.add("quantizer.learnable",
+              f"method=qat with quantizer.learnable={show(learnable)} and per_token activations: "
+              "per-token activation ranges are recomputed on every token, so there are none to "
+              "learn (only the weights' would); use quantizer.act.granularity=per_tensor, or fixed "
+              "ranges (quantizer.learnable=none)")
 
 
 # ---- model, eval -------------------------------------------------------------------------------
