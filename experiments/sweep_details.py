@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-_BLOCK = re.compile(r"(?:^|\.)h\.(\d+)\.(.+)$")
+_BLOCK = re.compile(r"(?:^|\.)(?:h|layers)\.(\d+)\.(.+)$")  # GPT-2's transformer.h.N, Llama's model.layers.N
+_LISTED = 12  # deeper models get worst / median over blocks instead of one number per block
 
 
 def load(paths: list[Path]) -> list[dict[str, Any]]:
@@ -53,10 +54,18 @@ def outlier_table(runs: list[dict[str, Any]]) -> str:
                 by_site.setdefault(site, []).append((int(m.group(1)), stats))
         for site, blocks in by_site.items():
             blocks.sort(key=lambda b: b[0])
-            ratios = " / ".join(f"{s['max_over_median']:.1f}" for _, s in blocks)
-            kurt = " / ".join(f"{s['kurtosis']:.1f}" for _, s in blocks)
+            ratios, kurt = (_per_block([s[key] for _, s in blocks]) for key in ("max_over_median", "kurtosis"))
             lines.append(f"| {res['model']} | {res['bits']} | {site} | {ratios} | {kurt} |")
     return "\n".join(lines)
+
+
+def _per_block(values: list[float]) -> str:
+    """One number per block, or for deep models the worst block and the median over blocks."""
+    if len(values) <= _LISTED:
+        return " / ".join(f"{v:.1f}" for v in values)
+    worst = max(range(len(values)), key=values.__getitem__)
+    median = sorted(values)[len(values) // 2]
+    return f"worst {values[worst]:.1f} (block {worst}), median {median:.1f} over {len(values)} blocks"
 
 
 def curve_tables(runs: list[dict[str, Any]]) -> str:
