@@ -61,8 +61,11 @@ def owned(run_dir: Path) -> Iterator[None]:
             who = f"process {owner['pid']} on {owner['host']} (since {owner['since']})"
         except (OSError, ValueError, KeyError, TypeError):
             who = "another process"
-        raise RunDirBusy(f"{run_dir} is in use by {who}; nothing was changed. Wait for it to end, "
+        raise RunDirBusy(f"{run_dir} is in use by {who}; its run was not touched. Wait for it to end, "
                          "or give this run its own dir (a new hydra.sweep.dir or hydra.run.dir)") from None
+    except OSError as e:  # a read-only dir, a file system without locks
+        raise UserError(f"cannot lock the run dir {run_dir} ({type(e).__name__}: {e}); give the run "
+                        "a writable dir on a local file system (hydra.run.dir or hydra.sweep.dir)") from e
     try:
         (run_dir / OWNER_FILE).write_text(json.dumps({
             "pid": os.getpid(), "host": socket.gethostname(),

@@ -19,6 +19,7 @@ import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
@@ -111,11 +112,13 @@ def resolve_wandb_mode(mode: str) -> str:
 
 
 def wandb_credentials() -> bool:
-    """Whether W&B has an API key: ``WANDB_API_KEY`` or the netrc entry ``wandb login`` writes."""
+    """Whether W&B has an API key: ``WANDB_API_KEY``, or the netrc entry ``wandb login`` writes for
+    its server (``WANDB_BASE_URL``'s host; the netrc file ``NETRC`` names, else ``~/.netrc``)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
     try:
-        return bool(netrc.netrc().authenticators("api.wandb.ai"))
+        return bool(netrc.netrc(os.environ.get("NETRC") or None).authenticators(host or ""))
     except (OSError, netrc.NetrcParseError):
         return False
 
@@ -208,7 +211,7 @@ def close_loggers(loggers: list[Logger], results: Mapping[str, Any]) -> None:
                 logger.experiment.summary.update(summary_of(results))
             logger.finalize("success" if status == "completed" else "failed")
         except Exception as e:
-            log.warning("%s could not close (%s: %s); results.json and the CSV log are complete",
+            log.warning("%s could not close (%s: %s); results.json holds the run",
                         type(logger).__name__, type(e).__name__, e)
     if any(isinstance(logger, WandbLogger) for logger in loggers):
         import wandb

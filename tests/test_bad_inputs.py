@@ -574,7 +574,7 @@ def test_a_busy_run_dir_is_refused_untouched_and_a_dead_owners_taken_over(tmp_pa
     try:
         assert owner.stdout.readline().strip() == "held"
         with pytest.raises(RunDirBusy, match=rf"{run_dir} is in use by process {owner.pid} on .*; "
-                                             "nothing was changed"):
+                                             "its run was not touched"):
             run(cfg, run_dir)
         after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
         assert {p: b for p, b in after.items() if p.name != ".quadapter.owner"} == {

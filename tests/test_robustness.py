@@ -141,6 +141,28 @@ def test_non_finite_loss_fails_the_run_naming_the_step(tmp_path, small_model_dir
     assert res["training"]["stopped_at_step"] == 4
 
 
+def test_interrupted_in_the_last_batch_keeps_the_final_curve_point(tmp_path, small_model_dir, step_hook):
+    """6 steps, curve every 4: the last point (step 6) comes from the end of training, which a run
+    resumed at max_steps never reaches again, so the checkpoint must already hold it."""
+    cfg = make_cfg("trainer.val_check_interval=4", f"paths.cache_dir={small_model_dir.parents[1]}")
+    fired = []
+
+    def sigterm_in_last_batch(module, loss):
+        if module.global_step == 5 and not fired:
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    step_hook["fn"] = sigterm_in_last_batch
+    with pytest.raises(RunInterrupted, match="SIGTERM at step 6"):
+        run(cfg, tmp_path)
+    resumed = run(cfg, tmp_path)
+    unbroken = run(cfg, tmp_path / "unbroken")
+    assert [row["step"] for row in resumed["training"]["curves"]] == [0, 4, 6]
+    assert resumed["training"]["curves"] == unbroken["training"]["curves"]
+    assert resumed["metrics"] == unbroken["metrics"]
+
+
 def test_a_diverging_loss_stops_at_its_curve_point_as_non_finite(tmp_path, small_model_dir, step_hook):
     """A loss that grows without being inf overflows exp() in the running train perplexity: the run
     fails with the documented one-line message and keeps its curve up to there."""

@@ -58,8 +58,14 @@ class LMDataModule(pl.LightningDataModule):
         weights = torch.cat([torch.full((len(p),), 1.0 / len(p)) for p in self.parts])
         order = list(WeightedRandomSampler(weights, self.num_samples, replacement=True,
                                            generator=torch.Generator().manual_seed(self.seed)))
-        return ResumableLoader(ConcatDataset(self.parts), self.batch_size, order, self.seed,
-                               trained_batches=lambda: self.trainer.global_step)
+        trainer = self.trainer
+        loader = ResumableLoader(ConcatDataset(self.parts), self.batch_size, order, self.seed,
+                                 trained_batches=lambda: trainer.global_step)
+        # Lightning restores global_step before it asks for the loader: a checkpoint without the
+        # loader's own state (written before it had one) resumes at the same batch
+        if trainer is not None and trainer.global_step:
+            loader.load_state_dict({"batches": trainer.global_step})
+        return loader
 
 
 class FromPosition(Sampler[int]):
@@ -70,7 +76,8 @@ class FromPosition(Sampler[int]):
         self.order, self.start = order, 0
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order[self.start:])
+        start, self.start = self.start, 0  # a later epoch starts from the beginning
+        return iter(self.order[start:])
 
     def __len__(self) -> int:
         return len(self.order)

@@ -50,7 +50,9 @@ class PerplexityCurves(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._loss_sum += float(outputs["loss"])
         self._loss_count += 1
-        if trainer.global_step % self.every_n_steps == 0:
+        # the last point too, here rather than at on_train_end: a checkpoint of the last batch then
+        # holds it (a run resumed at max_steps runs no training hook again)
+        if trainer.global_step % self.every_n_steps == 0 or trainer.global_step == trainer.max_steps:
             self._evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -105,7 +107,9 @@ class RandomState(Callback):
 
 
 class StopOnSignal(Callback):
-    """Checkpoint and stop at the end of the batch in which SIGINT/SIGTERM arrived (``interrupts``)."""
+    """Checkpoint and stop at the end of the batch in which SIGINT/SIGTERM arrived (``interrupts``).
+
+    Listed after the curve callback, so the checkpoint holds the curve point of that step."""
 
     def __init__(self, last: Path):
         self.last = last
