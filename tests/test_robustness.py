@@ -91,6 +91,18 @@ def test_config_differences_name_every_changed_added_or_removed_key_and_ignore_p
 
 # --- interrupts and non-finite training --------------------------------------------------------------
 
+def sigterm_once_at(step):
+    """A step hook that sends this process SIGTERM once, in the batch of global step ``step``."""
+    fired = []
+
+    def hook(module, loss):
+        if module.global_step == step and not fired:
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+    return hook
+
+
 # steps 30, a curve point every 10: the interruption falls between curve points and checkpoints
 LONGER = {"qat": ["method.train.steps=30", "method.train.batch_size=2", "method.train.warmup_steps=2"],
           "quadapter": ["method.e2e.steps=30", "method.e2e.batch_size=2", "method.e2e.warmup_steps=2",
@@ -102,15 +114,7 @@ def test_interrupted_at_any_step_resumes_bit_identically(tmp_path, small_model_d
     cfg = make_cfg(f"method={method}", *LONGER[method], "trainer.val_check_interval=10",
                    f"paths.cache_dir={small_model_dir.parents[1]}",
                    base=[o for o in QAT if not o.startswith("method")])
-    fired = []
-
-    def sigterm_at_step_12(module, loss):
-        if module.global_step == 12 and not fired:
-            fired.append(True)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return loss
-
-    step_hook["fn"] = sigterm_at_step_12
+    step_hook["fn"] = sigterm_once_at(12)
     with pytest.raises(RunInterrupted, match="SIGTERM at step 13"):
         run(cfg, tmp_path)
     res = read(tmp_path)
@@ -145,15 +149,7 @@ def test_interrupted_in_the_last_batch_keeps_the_final_curve_point(tmp_path, sma
     """6 steps, curve every 4: the last point (step 6) comes from the end of training, which a run
     resumed at max_steps never reaches again, so the checkpoint must already hold it."""
     cfg = make_cfg("trainer.val_check_interval=4", f"paths.cache_dir={small_model_dir.parents[1]}")
-    fired = []
-
-    def sigterm_in_last_batch(module, loss):
-        if module.global_step == 5 and not fired:
-            fired.append(True)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return loss
-
-    step_hook["fn"] = sigterm_in_last_batch
+    step_hook["fn"] = sigterm_once_at(5)  # the last batch
     with pytest.raises(RunInterrupted, match="SIGTERM at step 6"):
         run(cfg, tmp_path)
     resumed = run(cfg, tmp_path)
