@@ -97,18 +97,13 @@ def _warn_if_refused(argv: list[str]) -> None:
             overrides.append(a)
     from hydra import compose, initialize_config_dir
 
-    from quadapter.comparison import check as check_comparison
     from quadapter.errors import UserError
-    from quadapter.methods import check_config
-    from quadapter.runner import check_dirs, device_for
+    from quadapter.runner import check_before_work, default_cache_dir
 
     try:
         with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
             cfg = compose("config", overrides=overrides)
-        check_comparison(overrides)  # what run() checks before any work, in the same order
-        check_config(cfg)
-        device_for(cfg.trainer.accelerator)
-        check_dirs(cache_dir=cfg.paths.cache_dir)
+        check_before_work(cfg, overrides, Path(cfg.paths.cache_dir or default_cache_dir()).expanduser())
     except UserError as e:
         print(f"quadapter: warning: a run of this config would be refused: {e}", file=sys.stderr)
     except Exception:  # composing failed: Hydra has already said why

@@ -64,6 +64,16 @@ def check_dirs(**dirs: str | Path | None) -> None:
                               f"paths.{key} at a folder (or remove the file)")
 
 
+def check_before_work(cfg: DictConfig, command_line: Sequence[str], cache_dir: Path) -> torch.device:
+    """Everything a run checks before loggers, downloads or training (also ``quadapter --cfg``'s
+    warning); returns the run's device."""
+    check_comparison(command_line)
+    check_config(cfg)
+    device = device_for(cfg.trainer.accelerator)
+    check_dirs(cache_dir=cache_dir)
+    return device
+
+
 def run(cfg: DictConfig, run_dir: str | Path, group: str | None = None,
         command_line: Sequence[str] = ()) -> dict[str, Any]:
     """Execute one composed config; returns the dict written to ``run_dir/results.json``.
@@ -123,10 +133,7 @@ def _run(cfg: DictConfig, run_dir: Path, group: str | None, command_line: Sequen
     start = time.perf_counter()
     try:
         with interruptible():
-            check_comparison(command_line)
-            check_config(cfg)  # bad values fail here: before loggers, downloads or training
-            device = device_for(cfg.trainer.accelerator)
-            check_dirs(cache_dir=cache_dir)
+            device = check_before_work(cfg, command_line, cache_dir)
             tags = [f"method:{cfg.method.name}", f"bits:{results['bits']}", f"model:{cfg.model.name}",
                     f"dataset:{cfg.dataset.name}", f"adapter:{cfg.adapter.name}"]
             loggers = build_loggers(cfg.logger, run_dir, cfg.run_name, group or cfg.run_name,
