@@ -42,7 +42,36 @@ def test_matches_naive_window_loop(model, n, context, stride, batch):
     ppl, scored = perplexity(model, ids, context, stride, batch_size=batch)
     ref_ppl, ref_scored = reference_perplexity(model, ids, context, stride)
     assert scored == ref_scored
-    assert ppl == pytest.approx(ref_ppl, rel=1e-5)
+    assert ppl == pytest.approx(ref_ppl, rel=1e-6)
+
+
+@pytest.mark.parametrize("context,stride", [(64, 64), (64, 16), (64, 47)])
+def test_the_head_runs_only_where_a_token_is_scored(model, context, stride):
+    ids = torch.randint(0, 97, (300,), generator=torch.Generator().manual_seed(2))
+    rows = []
+    hook = model.lm_head.register_forward_hook(lambda m, args, out: rows.append(out.shape[:-1].numel()))
+    try:
+        _, scored = perplexity(model, ids, context, stride, batch_size=4)
+    finally:
+        hook.remove()
+    assert sum(rows) == scored
+
+
+class IgnoresLogitsToKeep(torch.nn.Module):
+    """A causal LM outside transformers: returns logits for every position whatever it is asked."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, **kwargs):
+        return self.model(ids)
+
+
+def test_a_model_without_logits_to_keep_gives_the_same_result(model):
+    ids = torch.randint(0, 97, (300,), generator=torch.Generator().manual_seed(3))
+    (ppl, scored), (ref, ref_scored) = (perplexity(m, ids, 64, 16) for m in (IgnoresLogitsToKeep(model), model))
+    assert ppl == pytest.approx(ref, rel=1e-6) and scored == ref_scored
 
 
 def test_batch_size_does_not_change_the_result(model):

@@ -1,63 +1,134 @@
-"""Evaluator throughput against a bare forward loop over the same windows, side by side.
+"""Evaluator throughput against a bare forward loop over the same windows, side by side; and, at
+SmolLM2-135M's shape, what W8A8 fake quantization and an unfolded Quadapter cost in evaluation.
 
-The evaluator adds window bookkeeping, target masking and torchmetrics' Perplexity on top of the
-forward passes; this prints how much that costs. Random weights: speed does not depend on them.
+The bare loop runs the model on every window and computes logits for every position, which is
+what a naive perplexity loop pays before it even scores a token. The evaluator adds batching by
+scored positions, the LM head only where a token is scored (``logits_to_keep``) and the loss, so
+with overlapping windows (stride < context) it should beat the bare loop. Timings are medians of
+rounds that interleave the variants (rotating their order), so drift hits all alike. Random
+weights: speed does not depend on them.
 
-    python experiments/benchmarks/eval_throughput.py [--tokens 16384] [--gpt2-tokens 4096]
+    python experiments/benchmarks/eval_throughput.py [--repeats 3] [--skip-llama]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import gc
+import statistics
 import time
+from typing import Callable
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from quadapter.evaluation import perplexity, strided_windows
+from quadapter.models.arch import for_model
+from quadapter.models.regions import attach_scales, fold_scales
+from quadapter.models.sites import quant_sites
+from quadapter.quant import QuantizerConfig, QuantSim
 
-SHAPES = {  # name: (config, context)
-    "tiny (4x192, 4k vocab)": (GPT2Config(n_layer=4, n_embd=192, n_head=4, vocab_size=4096, n_positions=128), 128),
-    "gpt2-small shape (12x768, 50k vocab)": (GPT2Config(), 1024),
+# SmolLM2-135M's shape (config.json of HuggingFaceTB/SmolLM2-135M): 30 blocks of width 576,
+# 9 query / 3 key-value heads, MLP 1536, vocabulary 49,152, tied embeddings.
+SMOLLM2 = LlamaConfig(num_hidden_layers=30, hidden_size=576, intermediate_size=1536,
+                      num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                      max_position_embeddings=2048, tie_word_embeddings=True, rope_theta=100000.0)
+SHAPES = {  # name: (model factory, context, tokens scored)
+    "tiny 4x192, 4k vocab": (lambda: GPT2LMHeadModel(GPT2Config(
+        n_layer=4, n_embd=192, n_head=4, vocab_size=4096, n_positions=128)), 128, 16384),
+    "gpt2-small 12x768, 50k": (lambda: GPT2LMHeadModel(GPT2Config()), 1024, 2048),
+    "smollm2-135m 30x576, 49k": (lambda: LlamaForCausalLM(SMOLLM2), 512, 2048),
 }
+W8A8 = {"weight": QuantizerConfig(8, True, "per_channel"), "act": QuantizerConfig(8)}
 
 
 @torch.inference_mode()
 def bare_forward(model, ids, context, stride, batch_size):
     windows = strided_windows(len(ids), context, stride)
-    full = [w for w in windows if w.end - w.begin == context]
-    rest = [w for w in windows if w.end - w.begin != context]
-    for group in (full, rest):
+    by_length: dict[int, list] = {}
+    for w in windows:
+        by_length.setdefault(w.end - w.begin, []).append(w)
+    for group in by_length.values():
         for i in range(0, len(group), batch_size):
             model(torch.stack([ids[w.begin:w.end] for w in group[i:i + batch_size]]))
 
 
-def timed(fn, repeats):
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def median_times(steps: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each step over ``repeats`` interleaved rounds (after one warm-up round),
+    with the garbage collector off while timing, as in ``timeit``."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    gc.disable()
+    try:
+        for i in range(repeats + 1):
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                start = time.perf_counter()
+                steps[name]()
+                if i:
+                    times[name].append(time.perf_counter() - start)
+            gc.collect()
+    finally:
+        gc.enable()
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def quantized(model, ids, context, quadapter: bool):
+    """A W8A8 copy of ``model``; with ``quadapter``, every region of its family gets a random α
+    (returned, so the caller can fold it)."""
+    model = copy.deepcopy(model)
+    sim = QuantSim(model, *quant_sites(model, None), **W8A8)
+    scales = {}
+    if quadapter:
+        scales = attach_scales(sim, model, list(for_model(model).regions))
+        with torch.no_grad():
+            for s in scales.values():
+                s.log_alpha.uniform_(-0.5, 0.5)
+    sim.calibrate([ids[:2 * context].view(2, context)], progress=False)
+    return model, sim, scales
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=16384, help="tokens scored on the tiny shape")
-    parser.add_argument("--gpt2-tokens", type=int, default=4096, help="tokens scored on the GPT-2 shape")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per comparison")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--skip-llama", action="store_true", help="leave out the SmolLM2 shape")
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'model':<38}{'stride':>7}{'bare tok/s':>12}{'eval tok/s':>12}{'eval/bare':>10}")
-    for (name, (config, context)), n in zip(SHAPES.items(), (args.tokens, args.gpt2_tokens)):
-        model = GPT2LMHeadModel(config).eval()
-        ids = torch.randint(0, config.vocab_size, (n,))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch_size}, "
+          f"median of {args.repeats} interleaved rounds")
+    print(f"\n{'model':<28}{'context':>8}{'stride':>7}{'bare tok/s':>12}{'eval tok/s':>12}{'eval/bare':>10}")
+    llama = None
+    for name, (make, context, n) in SHAPES.items():
+        if args.skip_llama and name.startswith("smollm2"):
+            continue
+        model = make().eval()
+        ids = torch.randint(0, model.config.vocab_size, (n,))
         for stride in (context, context // 2):
-            bare = timed(lambda: bare_forward(model, ids, context, stride, args.batch_size), args.repeats)
-            ev = timed(lambda: perplexity(model, ids, context, stride, args.batch_size), args.repeats)
-            print(f"{name:<38}{stride:>7}{n / bare:>12.0f}{n / ev:>12.0f}{bare / ev:>10.3f}")
+            times = median_times({
+                "bare": lambda: bare_forward(model, ids, context, stride, args.batch_size),
+                "eval": lambda: perplexity(model, ids, context, stride, args.batch_size),
+            }, args.repeats)
+            print(f"{name:<28}{context:>8}{stride:>7}{n / times['bare']:>12.0f}{n / times['eval']:>12.0f}"
+                  f"{times['bare'] / times['eval']:>10.3f}")
+        if name.startswith("smollm2"):
+            llama = (name, model, ids, context)
+    if llama is None:
+        return
+    name, fp, ids, context = llama
+    w8a8, _, _ = quantized(fp, ids, context, quadapter=False)
+    unfolded, sim, scales = quantized(fp, ids, context, quadapter=True)
+    folded, folded_sim, folded_scales = quantized(fp, ids, context, quadapter=True)
+    fold_scales(folded_sim, folded, folded_scales)
+    models = {"FP": fp, "W8A8": w8a8, "Quadapter, alpha attached": unfolded, "Quadapter, folded": folded}
+    stride = context // 2
+    times = median_times({k: (lambda m=m: perplexity(m, ids, context, stride, args.batch_size))
+                          for k, m in models.items()}, args.repeats)
+    print(f"\n{name}: evaluator, context {context}, stride {stride}, W8A8 = weights per channel "
+          "symmetric, activations per tensor, every block linear")
+    print(f"{'model':<28}{'tok/s':>8}{'time/FP':>9}{'time/W8A8':>11}")
+    for k in models:
+        print(f"{k:<28}{len(ids) / times[k]:>8.0f}{times[k] / times['FP']:>9.3f}{times[k] / times['W8A8']:>11.3f}")
 
 
 if __name__ == "__main__":

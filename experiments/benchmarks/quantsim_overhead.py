@@ -6,7 +6,9 @@ QuantSim-wrapped GPT-2 divided by the same model unwrapped, timed interleaved in
 Two ablations show what each optimization buys: the ``fused`` rows replace the CPU fast path by
 torch's fused fake-quant kernels (what FakeQuantizer used before), the ``no cache`` rows
 re-quantize frozen weights every forward (training always does). Random weights: speed does not
-depend on them.
+depend on them. The ``learned ranges`` rows train min/max ranges too (what ``method=qat`` runs by
+default); their ``autograd chain`` ablation is the elementwise formula autograd traced before the
+closed-form straight-through backward.
 
     python experiments/benchmarks/quantsim_overhead.py [--repeats 30] [--gpt2-train]
 """
@@ -28,20 +30,25 @@ from quadapter.models.arch import FAMILIES
 from quadapter.models.sites import quant_sites
 from quadapter.quant import QuantizerConfig, QuantSim
 from quadapter.quant import quantizer as quantizer_module
+from quadapter.quant.functional import round_ste
 
 SHAPES = {  # name: (config, batch, sequence length)
     "tiny 4x192, 4k vocab": (GPT2Config(n_layer=4, n_embd=192, n_head=4, vocab_size=4096,
                                         n_positions=128), 8, 128),
     "gpt2-small 12x768, 50k": (GPT2Config(), 1, 1024),
 }
-VARIANTS = {  # name: (CPU fast path, weight cache)
-    "fused, no cache (before)": (False, False),
-    "fused + weight cache": (False, True),
-    "fast path, no cache": (True, False),
-    "fast path + weight cache (now)": (True, True),
+VARIANTS = {  # name: (CPU fast path, weight cache, learned ranges)
+    "fused, no cache (before)": (False, False, False),
+    "fused + weight cache": (False, True, False),
+    "fast path, no cache": (True, False, False),
+    "fast path + weight cache (now)": (True, True, False),
+    "learned ranges, autograd chain": (False, True, True),
+    "learned ranges (now)": (True, True, True),
 }
-TRAIN_VARIANTS = ("fused, no cache (before)", "fast path + weight cache (now)")  # training mode
-# never uses the weight cache, so the other two rows would time the same code again
+FORWARD_VARIANTS = tuple(VARIANTS)[:4]
+TRAIN_VARIANTS = ("fused, no cache (before)", "fast path + weight cache (now)",
+                  "learned ranges, autograd chain", "learned ranges (now)")  # training mode never
+# uses the weight cache, so the other two rows would time the same code again
 
 
 def fused_only(x, scale, zero_point, qmin, qmax, axis=None):
@@ -51,22 +58,35 @@ def fused_only(x, scale, zero_point, qmin, qmax, axis=None):
     return torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis, qmin, qmax)
 
 
+def autograd_chain(x, scale, zero_point, qmin, qmax):
+    """The previous learnable-range path: the STE formula as elementwise ops autograd traces."""
+    xf = x.to(torch.promote_types(x.dtype, scale.dtype))
+    q = round_ste(xf.detach() * (1.0 / scale)) + zero_point
+    inside = (q >= qmin) & (q <= qmax)
+    out = (q.clamp(qmin, qmax) - zero_point) * scale
+    return (out + torch.where(inside, xf - xf.detach(), 0.0)).to(x.dtype)
+
+
 @contextmanager
 def cpu_path(fast: bool):
-    original = quantizer_module.fake_quant_fixed
+    """``fast=False``: the fused kernels for fixed ranges, the autograd chain for learned ones."""
+    originals = quantizer_module.fake_quant_fixed, quantizer_module.fake_quant
     if not fast:
-        quantizer_module.fake_quant_fixed = fused_only
+        quantizer_module.fake_quant_fixed, quantizer_module.fake_quant = fused_only, autograd_chain
     try:
         yield
     finally:
-        quantizer_module.fake_quant_fixed = original
+        quantizer_module.fake_quant_fixed, quantizer_module.fake_quant = originals
 
 
-def quantized_copy(model: GPT2LMHeadModel, ids: torch.Tensor, cache: bool) -> GPT2LMHeadModel:
+def quantized_copy(model: GPT2LMHeadModel, ids: torch.Tensor, cache: bool,
+                   learned: bool) -> GPT2LMHeadModel:
     model = copy.deepcopy(model)
     layers, outputs = quant_sites(model, None)
-    sim = QuantSim(model, layers, outputs, weight=QuantizerConfig(8, True, "per_channel"),
-                   act=QuantizerConfig(8), cache_weight=cache)
+    learnable = "min_max" if learned else "none"
+    sim = QuantSim(model, layers, outputs,
+                   weight=QuantizerConfig(8, True, "per_channel", learnable=learnable),
+                   act=QuantizerConfig(8, learnable=learnable), cache_weight=cache)
     sim.calibrate([ids], progress=False)
     return model
 
@@ -102,7 +122,7 @@ def median_times(steps: dict[str, Callable[[], None]], repeats: int) -> dict[str
     try:
         for i in range(repeats + 1):  # the first round warms up (and fills the weight caches)
             for name in names[i % len(names):] + names[:i % len(names)]:  # rotate the order
-                with cpu_path(VARIANTS.get(name, (True, True))[0]):
+                with cpu_path(VARIANTS.get(name, (True,))[0]):
                     start = time.perf_counter()
                     steps[name]()
                     if i:
@@ -130,13 +150,13 @@ def main() -> None:
         label = f"{shape} ({batch}x{seq})"
         fp = GPT2LMHeadModel(config)
         ids = torch.randint(0, config.vocab_size, (batch, seq))
-        models = {"fp": fp, **{name: quantized_copy(fp, ids, cache)
-                               for name, (_fast, cache) in VARIANTS.items()}}
+        models = {"fp": fp, **{name: quantized_copy(fp, ids, cache, learned)
+                               for name, (_fast, cache, learned) in VARIANTS.items()}}
         kinds = {"forward": forward_step}
         if not gpt2 or args.gpt2_train:
             kinds["train"] = train_step
         for kind, make_step in kinds.items():
-            variants = TRAIN_VARIANTS if kind == "train" else tuple(VARIANTS)
+            variants = TRAIN_VARIANTS if kind == "train" else FORWARD_VARIANTS
             steps = {name: make_step(models[name], ids) for name in ("fp", *variants)}
             times = median_times(steps, args.gpt2_repeats if gpt2 else args.repeats)
             for name in variants:

@@ -52,6 +52,43 @@ def qparams_from_range(
     return scale, zero_point
 
 
+class _FakeQuantSTE(torch.autograd.Function):
+    """``(clamp(round(x·(1/s)) + z, qmin, qmax) − z)·s`` with its straight-through gradients
+    written out, instead of autograd tracing a dozen elementwise ops (and saving their outputs).
+
+    With ``r = round(x/s)``, ``q = r + z`` and ``inside = qmin ≤ q ≤ qmax`` (round as identity):
+    ``∂/∂x = inside``; ``∂/∂s = (clamp(q) − z) − inside·x/s`` (LSQ: ``r − x/s`` inside,
+    ``qmin − z`` / ``qmax − z`` outside); ``∂/∂z = −s·(1 − inside)``; gradients of ``s`` and ``z``
+    are summed over the elements each covers. The backward recomputes from the saved input, so
+    the forward allocates only its output (what a QAT step pays for most).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
+        ctx.save_for_backward(x, scale, zero_point)
+        ctx.grid = qmin, qmax
+        return (torch.mul(x, 1.0 / scale).round_().add_(zero_point).clamp_(qmin, qmax)
+                .sub_(zero_point).mul_(scale))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, scale, zero_point = ctx.saved_tensors
+        qmin, qmax = ctx.grid
+        y = torch.mul(x, 1.0 / scale)
+        q = y.round().add_(zero_point)
+        clamped = q.clamp(qmin, qmax)
+        inside = q.sub_(clamped).abs_().clamp_(max=1).neg_().add_(1)  # 1 inside, 0 outside
+        grad_x = grad_s = grad_z = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad * inside
+        if ctx.needs_input_grad[1]:
+            d_scale = clamped.sub_(zero_point).sub_(y.mul_(inside))
+            grad_s = d_scale.mul_(grad).sum_to_size(scale.shape)
+        if ctx.needs_input_grad[2]:
+            grad_z = inside.sub_(1).mul_(grad).sum_to_size(zero_point.shape).mul_(scale)
+        return grad_x, grad_s, grad_z, None, None
+
+
 def fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
     """Quantize-dequantize with STE; gradients reach ``x`` (inside the grid) and the qparams.
 
@@ -61,10 +98,7 @@ def fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: in
     in-grid indicator, as in the fused kernels, not ``s * (1/s) * indicator`` (off by an ulp).
     """
     xf = x.to(torch.promote_types(x.dtype, scale.dtype))
-    q = round_ste(xf.detach() * (1.0 / scale)) + zero_point
-    inside = (q >= qmin) & (q <= qmax)
-    out = (q.clamp(qmin, qmax) - zero_point) * scale
-    return (out + torch.where(inside, xf - xf.detach(), 0.0)).to(x.dtype)
+    return _FakeQuantSTE.apply(xf, scale, zero_point, qmin, qmax).to(x.dtype)
 
 
 class _FixedFakeQuantSTE(torch.autograd.Function):
@@ -74,8 +108,10 @@ class _FixedFakeQuantSTE(torch.autograd.Function):
     every operand is an integer-valued float far below 2^24: one op fewer than the textbook form.
     The backward recomputes the mask from the saved input instead of keeping one from the
     forward: the forward then allocates only its output (fresh activation memory, page faults
-    included, is what fake quantization costs most in a training step), and the mask is
-    ``1 − min(|r − clamp(r)|, 1)`` in float, since bool-valued ops are 3-6x slower on the CPU.
+    included, is what fake quantization costs most in a training step). With scalar bounds the
+    mask and its product with the gradient are one fused ``hardtanh_backward`` pass; with
+    per-channel bounds the mask is ``1 − min(|r − clamp(r)|, 1)`` in float, since bool-valued ops
+    are 3-6x slower on the CPU.
     """
 
     @staticmethod
@@ -89,6 +125,8 @@ class _FixedFakeQuantSTE(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         inv, lo, hi = ctx.qparams
         r = torch.mul(x, inv).round_()
+        if not isinstance(lo, Tensor):  # integer r: lo ≤ r ≤ hi ⟺ lo − ½ < r < hi + ½: one pass
+            return torch.ops.aten.hardtanh_backward(grad, r, lo - 0.5, hi + 0.5), None, None, None, None
         inside = r.sub_(r.clamp(lo, hi)).abs_().clamp_(max=1).neg_().add_(1)
         return inside.mul_(grad), None, None, None, None
 
@@ -115,8 +153,12 @@ def fake_quant_fixed(
         inv, scale, lo, hi = inv.item(), scale.item(), qmin - z, qmax - z
     else:
         shape = [-1 if d == axis else 1 for d in range(x.dim())]
-        inv, scale, z = inv.view(shape), scale.view(shape), zero_point.to(scale.dtype).view(shape)
-        lo, hi = qmin - z, qmax - z
+        inv, scale = inv.view(shape), scale.view(shape)
+        if zero_point.any():
+            z = zero_point.to(scale.dtype).view(shape)
+            lo, hi = qmin - z, qmax - z
+        else:  # symmetric: scalar bounds take clamp's and the backward's fast paths
+            lo, hi = qmin, qmax
     if torch.is_grad_enabled() and x.requires_grad:
         out = _FixedFakeQuantSTE.apply(xf, inv, scale, lo, hi)
     else:

@@ -83,22 +83,24 @@ def test_range_gradients_match_ste_reference(name, sigmoid, symmetric, per_chann
     x1 = x.clone().requires_grad_()
     (q(x1) * weights).sum().backward()
 
-    params = {n: p.detach().clone().requires_grad_() for n, p in q.learned_range.named_parameters()}
-    buffers = dict(q.learned_range.named_buffers())
-    x2 = x.clone().requires_grad_()
+    # The reference runs in float64: range gradients are sums of terms of both signs, and the
+    # fp32 autograd chain is itself off by ~1e-5 relative after their cancellation.
+    params = {n: p.detach().double().requires_grad_() for n, p in q.learned_range.named_parameters()}
+    buffers = {n: b.double() for n, b in q.learned_range.named_buffers()}
+    x2 = x.double().requires_grad_()
     numel = x.numel() // q.scale.numel()
     s, z = _ref_qparams(
         name, params, qmin, qmax, symmetric, numel, sigmoid, buffers.get("min0"), buffers.get("max0")
     )
     y_ref = _ref_fq(x2, s.reshape(col), z.reshape(col), qmin, qmax)
-    (y_ref * weights).sum().backward()
+    (y_ref * weights.double()).sum().backward()
 
-    assert torch.allclose(q(x), y_ref.detach(), rtol=0, atol=1e-6)
-    assert torch.allclose(x1.grad, x2.grad, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(q(x).double(), y_ref.detach(), rtol=0, atol=1e-6)
+    assert torch.equal(x1.grad, x2.grad.float())  # the in-grid indicator times the weights
     assert x1.grad.count_nonzero() < x1.numel()  # some inputs were clipped
     for n, p in q.learned_range.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, n
-        assert torch.allclose(p.grad, params[n].grad, rtol=1e-5, atol=1e-7), n
+        assert torch.allclose(p.grad.double(), params[n].grad, rtol=1e-5, atol=1e-6), n
 
 
 def test_scale_offset_gradient_is_lsq_analytic():
