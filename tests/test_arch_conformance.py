@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 from transformers import (
-    AutoModelForCausalLM,
+    BertConfig,
+    BertForSequenceClassification,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -24,6 +25,8 @@ from transformers import (
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    RobertaConfig,
+    RobertaForSequenceClassification,
 )
 
 from quadapter.adapters import ChannelScale
@@ -68,6 +71,12 @@ MODELS = {  # shrunk, odd-sized, random weights; one per model type every family
         vocab_size=VOCAB, hidden_size=48, intermediate_size=71, num_hidden_layers=2,
         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64,
         tie_word_embeddings=True)),
+    "bert": lambda: BertForSequenceClassification(BertConfig(
+        vocab_size=VOCAB, hidden_size=54, intermediate_size=97, num_hidden_layers=2,
+        num_attention_heads=3, max_position_embeddings=64, num_labels=3)),
+    "roberta": lambda: RobertaForSequenceClassification(RobertaConfig(
+        vocab_size=VOCAB, hidden_size=48, intermediate_size=71, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=66, num_labels=2, pad_token_id=1)),
 }
 
 
@@ -85,8 +94,11 @@ def ids(n: int = 2, seed: int = 1) -> torch.Tensor:
 
 
 def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The output and the last hidden state, flattened: a classifier's few logits alone would hide
+    what quantization and folding do to the blocks."""
     with torch.no_grad():
-        return model(x).logits
+        out = model(x, output_hidden_states=True)
+        return torch.cat([out.logits.flatten(), out.hidden_states[-1].flatten()])
 
 
 def quantized(model: nn.Module, weight=W8, act=A8, sites=None) -> QuantSim:
@@ -130,7 +142,7 @@ def test_every_block_linear_is_a_site_and_nothing_else_is_wrapped(model_type):
     assert {id(w.layer) for w in model.modules() if isinstance(w, QuantizedLayer)} == in_blocks
     sim.remove()
     sim = QuantSim(model, *quant_sites(model, arch.sites), weight=W8, act=A8)
-    assert len(sim.layers) == len(in_blocks) + 1  # + lm_head
+    assert len(sim.layers) == len(in_blocks) + len(arch.head_sites)  # + lm_head, or pooler and classifier
     assert set(sim.outputs) == {arch.embeddings_path(model), *blocks}  # embeddings, residual
 
 
@@ -268,7 +280,7 @@ def test_folded_checkpoint_differs_only_in_producers_and_consumers(model_type, t
     alphas = {k: s.alpha().detach().clone() for k, s in scales.items()}
     fold_scales(sim, model, scales)
     model.save_pretrained(tmp_path, state_dict=sim.original_state_dict())
-    folded = AutoModelForCausalLM.from_pretrained(tmp_path).state_dict()
+    folded = type(model).from_pretrained(tmp_path).state_dict()
     assert set(folded) == set(original)
     expected, touched = _expected_fold(arch, model, original, alphas)
     changed = {k for k in folded if not torch.equal(folded[k], original[k])}
@@ -284,7 +296,7 @@ def test_gradients_reach_alpha_only(model_type):
     scales = attach_scales(sim, model, regions_of(model_type))
     model.train()
     x = ids()
-    model(x, labels=x).loss.backward()
+    model(x).logits.square().mean().backward()  # any loss on the output; causal LMs and classifiers alike
     for key, scale in scales.items():
         assert scale.log_alpha.grad is not None and scale.log_alpha.grad.abs().sum() > 0, key
     assert all(p.grad is None for n, p in model.named_parameters() if "log_alpha" not in n)
@@ -358,6 +370,10 @@ def test_smoothquant_alpha_on_every_region(model_type, tmp_path):
 
 def test_outlier_profile_is_function_preserving_and_makes_outliers(model_type):
     model = make(model_type)
+    if not any(isinstance(r.producer, Norm) for r in for_model(model).regions.values()):
+        with pytest.raises(ValueError, match="post-LayerNorm.*drop model.outliers"):
+            apply_outlier_profile(model, {"channels": 2, "factor": 30.0, "seed": 0})
+        return
     x = ids()
     reference = logits(model, x)
     record = apply_outlier_profile(model, {"channels": 2, "factor": 30.0, "seed": 0})

@@ -100,9 +100,17 @@ def test_loader_refuses_another_family_and_unknown_model_types(tmp_path):
     from transformers import BertLMHeadModel
 
     BertLMHeadModel(BertConfig.from_pretrained(bert)).save_pretrained(bert)
-    with pytest.raises(ModelError, match=r"no architecture adapter for model type 'bert' \(known model "
-                                         r"types: gpt2: gpt2; llama: llama, mistral, qwen2\)"):
+    with pytest.raises(ModelError, match=r"is a 'bert' model: quadapter's bert adapter covers encoders "
+                                         r"with a classification head, .*families gpt2, llama"):
         load_model(str(bert), str(GPT2_TOKENIZER))
+    from transformers import OPTConfig, OPTForCausalLM
+
+    opt = _save_random(OPTConfig(vocab_size=50304, hidden_size=32, ffn_dim=48, num_hidden_layers=1,
+                                 num_attention_heads=2, word_embed_proj_dim=32), tmp_path / "opt")
+    with pytest.raises(ModelError, match=r"no architecture adapter for model type 'opt' \(known model "
+                                         r"types: gpt2: gpt2; llama: llama, mistral, qwen2; bert: bert; "
+                                         r"roberta: roberta\)"):
+        load_model(str(opt), str(GPT2_TOKENIZER))
 
 
 def test_missing_gguf_package_names_the_install_command(monkeypatch, tmp_path):

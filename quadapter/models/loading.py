@@ -245,6 +245,11 @@ def check_family(model: PreTrainedModel, name_or_path: str, arch: str | None) ->
         found = families.for_model(model)
     except ValueError as e:
         raise ModelError(f"model {name_or_path!r}: {e}") from None
+    if found.head != "causal_lm":
+        causal = ", ".join(a.family for a in families.FAMILIES.values() if a.head == "causal_lm")
+        raise ModelError(f"model {name_or_path!r} is a {model.config.model_type!r} model: quadapter's "
+                         f"{found.family} adapter covers encoders with a classification head, and runs "
+                         f"load causal LMs (families {causal}); use a causal-LM checkpoint")
     if arch is not None and found.family != arch:
         raise ModelError(f"model {name_or_path!r} is a {model.config.model_type!r} model (family "
                          f"{found.family}) but model.arch={arch}: set model.arch={found.family}")

@@ -51,6 +51,10 @@ def apply_outlier_profile(model: nn.Module, profile: Mapping[str, Any]) -> dict[
     """Reparameterize ``model`` (a causal LM) in place; returns the record for results.json."""
     arch = for_model(model)
     names = [n for n, r in arch.regions.items() if isinstance(r.producer, Norm)]
+    if not names:
+        raise ValueError(f"model.outliers needs a norm-produced scale region, and the {arch.family} "
+                         f"family has none ({arch.regions_note or 'no foldable norm'}): drop "
+                         "model.outliers for this model")
     regions = block_regions(model, names)
     hidden = next(iter(regions.values())).channels
     channels, factor, seed = check_outlier_profile(profile, hidden)

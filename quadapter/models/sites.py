@@ -2,8 +2,9 @@
 QuantSim layer and output sites.
 
 A family's sites (``models.arch``) are its block linears by name (input and weight of that layer
-in every block), plus ``lm_head`` (input and weight), ``embeddings`` (the embedding output entering
-block 0) and ``residual`` (the residual stream after every block). ``None`` means every block
+in every block), plus its head sites (input and weight: ``lm_head``; an encoder's ``pooler`` and
+``classifier``), ``embeddings`` (the embedding output entering block 0) and ``residual`` (the
+residual stream after every block). ``None`` means every block
 linear. Layers may be HF ``Conv1D`` (GPT-2, weight [in, out]) or ``nn.Linear`` (weight [out, in]):
 per-channel axes and the substitute-weight forward follow the layer's kind.
 
@@ -88,11 +89,13 @@ def quant_sites(model: nn.Module, names: Sequence[str] | None) -> Sites:
                    for site, path in arch.block_sites.items() if site in names]
         if "residual" in names:
             outputs.append(OutputSite(block_name))
-    if "lm_head" in names:
-        head = getattr(model, "lm_head", None)
-        if head is None:
-            raise ValueError(f"site lm_head: {type(model).__name__} has no lm_head")
-        layers.append(layer_site("lm_head", head))
+    for site, path in arch.head_sites.items():
+        if site in names:
+            try:
+                head = model.get_submodule(path)
+            except AttributeError:
+                raise ValueError(f"site {site}: {type(model).__name__} has no {path}") from None
+            layers.append(layer_site(path, head))
     return layers, outputs
 
 

@@ -240,8 +240,8 @@ class Quantizer:
     sigmoid: Optional[bool] = knob(None)
     calibration: Optional[Calibration] = knob(None)
     sites: Optional[List[str]] = knob(
-        None, hint="the model family's site names (quantized in every block), plus lm_head, "
-                   "embeddings, residual; null = every block linear")
+        None, hint="the model family's site names (quantized in every block), plus its head sites "
+                   "(lm_head; pooler, classifier), embeddings, residual; null = every block linear")
 
 
 # ---- bits, adapter -----------------------------------------------------------------------------

@@ -164,8 +164,9 @@ def adapter_regions_belong_to_the_family(v: View, p: Problems) -> None:
     names, arch = v("adapter.sites"), FAMILIES[v("model.arch")]
     problem = list_problem(names, arch.regions)
     if problem:
+        note = f" ({arch.regions_note})" if arch.regions_note else ""
         p.invalid("adapter.sites", names, f"a non-empty list of distinct {arch.family} scale regions "
-                  f"from {arch.describe_regions()}", detail=problem)
+                  f"from {arch.describe_regions()}{note}", detail=problem)
         return
     try:
         quantized = _quantized_sites(v)
@@ -260,6 +261,15 @@ def pretrained_model_needs_a_spec(v: View, p: Problems) -> None:
         p.add("model.pretrain", "model.name_or_path=null needs model.pretrain (the spec of the model "
                                 "quadapter pretrains) or model.gguf: set model.name_or_path to a hub "
                                 "name or a directory, or use model=tiny")
+
+
+@relation
+def perplexity_needs_a_causal_lm(v: View, p: Problems) -> None:
+    arch = FAMILIES[v("model.arch")]
+    if arch.head != "causal_lm":
+        causal = ", ".join(a.family for a in FAMILIES.values() if a.head == "causal_lm")
+        p.invalid("model.arch", v("model.arch"), f"a causal-LM family ({causal}): runs score "
+                  f"perplexity, and {arch.family} models are encoders with a classification head")
 
 
 @relation

@@ -1,6 +1,6 @@
 """Architecture adapters: one per model family, keyed by ``config.model_type``.
 
-Each family module (``gpt2``, ``llama``) declares its blocks, quantizer sites, scale regions and
+Each family module (``gpt2``, ``llama``, ``bert`` with RoBERTa) declares its blocks, quantizer sites, scale regions and
 config names (``base.Architecture``); nothing outside this package names a family's modules.
 Adding a family is one module here, its entry in ``FAMILIES`` and its model configs; the shared
 conformance suite (``tests/test_arch_conformance.py``) runs on every family. Imports no torch.
@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from quadapter.models.arch.base import Architecture, Heads, LinearOutput, Norm, Region
+from quadapter.models.arch.bert import BERT, ROBERTA
 from quadapter.models.arch.gpt2 import GPT2
 from quadapter.models.arch.llama import LLAMA
 
-FAMILIES: dict[str, Architecture] = {arch.family: arch for arch in (GPT2, LLAMA)}
+FAMILIES: dict[str, Architecture] = {arch.family: arch for arch in (GPT2, LLAMA, BERT, ROBERTA)}
 BY_MODEL_TYPE: dict[str, Architecture] = {t: arch for arch in FAMILIES.values() for t in arch.model_types}
 
 __all__ = ["Architecture", "FAMILIES", "Heads", "LinearOutput", "Norm", "Region", "family",

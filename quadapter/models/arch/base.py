@@ -75,6 +75,8 @@ class Architecture:
     e.g. ``transformer`` of GPT-2, ``model`` of Llama); ``block_sites`` map each quantizer site
     name to its linear layer relative to a block. Every linear layer of a block must be one of
     them (the sites refuse a block holding another: nothing escapes quantization silently).
+    ``head_sites`` map the optional sites outside the blocks (a causal LM's ``lm_head``, an
+    encoder's pooler and classifier) to their linear layers relative to the model itself.
     """
 
     family: str
@@ -86,16 +88,19 @@ class Architecture:
     context_key: str
     heads: Callable[[Any], Heads]
     doc: str = ""
-    extra_sites: tuple[str, ...] = field(default=("lm_head", "embeddings", "residual"))
+    head_sites: Mapping[str, str] = field(default_factory=lambda: {"lm_head": "lm_head"})
+    regions_note: str = ""  # why a family offers no more regions than it does (shown on refusal)
+    head: str = "causal_lm"  # what its models end in: causal_lm, or sequence_classification (encoders)
+    reserved_positions: int = 0  # position slots the context cannot use (RoBERTa's padding offset)
 
     @property
     def sites(self) -> tuple[str, ...]:
-        """Every quantizer site name: the block linears, then ``lm_head``, ``embeddings``, ``residual``."""
-        return (*self.block_sites, *self.extra_sites)
+        """Every quantizer site name: the block linears, the head sites, ``embeddings``, ``residual``."""
+        return (*self.block_sites, *self.head_sites, "embeddings", "residual")
 
     def context_length(self, config: Any) -> int:
         """The longest context the model's position encoding was built for."""
-        return int(getattr(config, self.context_key))
+        return int(getattr(config, self.context_key)) - self.reserved_positions
 
     def block_list(self, model: Any) -> list[tuple[str, Any]]:
         """``(full module name, block)`` for every block, in order."""
