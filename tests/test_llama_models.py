@@ -103,7 +103,7 @@ def test_loader_refuses_another_family_and_unknown_model_types(tmp_path):
     with pytest.raises(ModelError, match=r"is a 'bert' model: quadapter's bert adapter covers encoders "
                                          r"with a classification head, .*families gpt2, llama"):
         load_model(str(bert), str(GPT2_TOKENIZER))
-    from transformers import OPTConfig, OPTForCausalLM
+    from transformers import OPTConfig
 
     opt = _save_random(OPTConfig(vocab_size=50304, hidden_size=32, ffn_dim=48, num_hidden_layers=1,
                                  num_attention_heads=2, word_embed_proj_dim=32), tmp_path / "opt")
