@@ -62,7 +62,7 @@ def test_llama_sites_and_regions_validate():
     (["model=smollm2-135m", "method=ptq", "adapter=smoothquant", "adapter.sites=[up_down]",
       "quantizer.weight.granularity=per_tensor"],
      r"up_down \(up_proj -> down_proj\), which folds exactly into a quantized linear producer only "
-     r"with per-channel fixed weight ranges"),
+     r"with per-channel or per-group fixed weight ranges"),
     (["model=smollm2-135m", "model.arch=mamba"], r"model.arch='mamba' is invalid: expected one of gpt2, llama"),
     (["model=tiny", "model.arch=llama"], r"model.arch='llama' is invalid: expected gpt2 when quadapter "
                                          r"pretrains the model"),

@@ -282,7 +282,7 @@ COMBINATIONS = [
     ("quadapter", dict(adapter__sites=["ln1_qkv", "v_proj"],
                        quantizer__weight__granularity="per_tensor"),
      "adapter.sites has v_proj (V of attn.c_attn -> attn.c_proj), which folds exactly into a "
-     "quantized linear producer only with per-channel fixed weight ranges; got "
+     "quantized linear producer only with per-channel or per-group fixed weight ranges; got "
      "quantizer.weight.granularity='per_tensor'"),
     ("quadapter", dict(quantizer__sites=["attn.c_attn", "attn.c_proj", "mlp.c_proj"]),
      "adapter.sites has ln2_fc, whose consumer(s) mlp.c_fc are not in quantizer.sites"),

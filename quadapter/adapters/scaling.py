@@ -112,16 +112,17 @@ def output_range(module: nn.Module):
     """The calibrated weight quantizer whose ranges must follow when ``module``'s output channels
     are scaled (None when its weight is not quantized or not calibrated yet).
 
-    Q(W·α) = α·Q(W) only when each channel's quantization scale is also ×α: exact for per-channel
-    fixed ranges; per-tensor or learnable ranges are refused (``ValueError``).
+    Q(W·α) = α·Q(W) only when each channel's quantization scales are also ×α: exact for
+    per-channel and per-group fixed ranges; per-tensor or learnable ranges are refused
+    (``ValueError``).
     """
     q = module.weight_quantizer if isinstance(module, QuantizedLayer) else None
     if q is None or (q.scale.numel() == 0 and q.learned_range is None):
         return None
-    if q.granularity != "per_channel" or q.learned_range is not None:
+    if q.granularity not in ("per_channel", "per_group") or q.learned_range is not None:
         raise ValueError("a scale cannot fold exactly into a quantized linear producer unless its "
-                         f"weight quantizer is per_channel with fixed ranges (got {q.granularity}, "
-                         f"learnable={q.parameterization})")
+                         f"weight quantizer is per_channel or per_group with fixed ranges (got "
+                         f"{q.granularity}, learnable={q.parameterization})")
     return q
 
 
@@ -139,5 +140,6 @@ def scale_output_channels(module: nn.Module, alpha: Tensor, out_axis: int, start
     layer.weight.narrow(out_axis, start, d).mul_(alpha.view(shape))
     if layer.bias is not None:
         layer.bias[start:start + d].mul_(alpha)
-    if q is not None:
-        q.scale[start:start + d].mul_(alpha)  # zero points unchanged: the range scales with the weight
+    if q is not None:  # zero points unchanged: the range scales with the weight
+        per_output = q.scale.view(layer.weight.shape[out_axis], -1)  # per_group: [out, groups]
+        per_output[start:start + d].mul_(alpha[:, None])

@@ -18,9 +18,7 @@ from quadapter.models.sites import check_site_names
 from quadapter.quant import ESTIMATORS, LEARNABLE
 from quadapter.quant.sim import QuantizerConfig
 from quadapter.schema.fields import show
-
-WEIGHT_GRANULARITIES = ("per_tensor", "per_channel")
-ACT_GRANULARITIES = ("per_tensor", "per_channel", "per_token")
+from quadapter.schema.groups import ACT_GRANULARITIES, WEIGHT_GRANULARITIES
 
 
 @dataclass(frozen=True)
@@ -104,8 +102,15 @@ def quant_settings(cfg: DictConfig, method: str) -> QuantSettings:
                   sigmoid=sigmoid)
     weight = act = None
     if weight_bits is not None:
-        weight = QuantizerConfig(weight_bits, _flag(q, "weight.symmetric"),
-                                 _choice(q, "weight.granularity", WEIGHT_GRANULARITIES), **common)
+        granularity = _choice(q, "weight.granularity", WEIGHT_GRANULARITIES)
+        group_size = OmegaConf.select(q, "weight.group_size")
+        if (granularity == "per_group") != (group_size is not None):
+            raise _fail("quantizer.weight.group_size", group_size,
+                        "a positive integer with granularity=per_group, else null")
+        if group_size is not None:
+            group_size = _positive(q, "weight.group_size")
+        weight = QuantizerConfig(weight_bits, _flag(q, "weight.symmetric"), granularity,
+                                 group_size=group_size, **common)
     if act_bits is not None:
         granularity = _choice(q, "act.granularity", ACT_GRANULARITIES)
         if granularity == "per_token":  # dynamic ranges: nothing to learn on the activation side

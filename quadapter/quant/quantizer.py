@@ -20,7 +20,7 @@ from quadapter.quant.learnable import (
 )
 from quadapter.quant.ranges import ESTIMATORS, make_estimator
 
-GRANULARITIES = ("per_tensor", "per_channel", "per_token")
+GRANULARITIES = ("per_tensor", "per_channel", "per_group", "per_token")
 LEARNABLE = ("none", *PARAMETERIZATIONS)
 
 
@@ -32,12 +32,17 @@ class FakeQuantizer(nn.Module):
     ``fake_quant_fixed`` (torch's fused kernels, or a faster bit-identical chain on the CPU);
     learnable ones the bit-identical pure-torch formula, so that gradients also reach the range.
     ``per_token`` is dynamic: a range per row of the last dim, computed on the fly and treated as
-    a constant by autograd (no state, no calibration).
+    a constant by autograd (no state, no calibration). ``per_group`` (weights only, the standard of
+    weight-only LLM quantization) gives every run of ``group_size`` consecutive input channels of
+    each output channel its own range: the weight is viewed as [out·in/group_size, group_size] and
+    quantized per row, so every range path (estimators, learnable ranges, the CPU fast path) is the
+    per-channel one.
 
     Args:
         bits: 2..16. symmetric: signed grid with z = 0, else unsigned with an integer z.
         granularity: ``per_tensor``, ``per_channel`` (needs ``axis``: 0 for an nn.Linear weight
-            [out, in], 1 for an HF Conv1D weight [in, out]) or ``per_token``.
+            [out, in], 1 for an HF Conv1D weight [in, out]), ``per_group`` (needs ``axis`` as
+            per_channel and ``group_size``, which must divide the input dimension) or ``per_token``.
         estimator, estimator_kw: range estimator name and options (see ``ranges``).
         learnable: ``none``, ``scale_offset``, ``min_max`` or ``beta_gamma`` (+ ``sigmoid``).
     """
@@ -52,25 +57,33 @@ class FakeQuantizer(nn.Module):
         estimator_kw: dict[str, Any] | None = None,
         learnable: str = "none",
         sigmoid: bool = False,
+        group_size: int | None = None,
     ) -> None:
         super().__init__()
         self.bits = check_bits(bits)
         self.granularity = check_choice("granularity", granularity, GRANULARITIES)
         self.parameterization = check_choice("learnable range", learnable, LEARNABLE)
-        if (granularity == "per_channel") != (axis is not None):
-            raise ValueError(f"axis is for per_channel only and required there; got {axis!r}")
+        if (granularity in ("per_channel", "per_group")) != (axis is not None):
+            raise ValueError(f"axis is for per_channel and per_group only and required there; got {axis!r}")
+        if (granularity == "per_group") != (group_size is not None):
+            raise ValueError(f"group_size is for per_group only and required there; got {group_size!r}")
+        if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int)
+                                       or group_size < 1):
+            raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
         if granularity == "per_token" and learnable != "none":
             raise ValueError(f"per_token ranges are dynamic, not learnable; got {learnable!r}")
         if sigmoid and learnable != "beta_gamma":
             raise ValueError(f"sigmoid applies to learnable='beta_gamma' only, not {learnable!r}")
         self.symmetric, self.axis, self.sigmoid = symmetric, axis, sigmoid
+        self.group_size = group_size
         self.qmin, self.qmax = quant_range(bits, symmetric)
         self.enabled, self.calibrating = True, False
         self.estimator_name = check_choice("range estimator", estimator, tuple(ESTIMATORS))
         self.estimator = None
         if granularity != "per_token":
             grid = {"bits": bits, "symmetric": symmetric} if ESTIMATORS[estimator].needs_grid else {}
-            self.estimator = make_estimator(estimator, axis=axis, **grid, **(estimator_kw or {}))
+            row_axis = 0 if granularity == "per_group" else axis  # groups are the rows of a 2-D view
+            self.estimator = make_estimator(estimator, axis=row_axis, **grid, **(estimator_kw or {}))
         # Empty until calibrated: 0-dim per tensor, [channels] per channel.
         self.register_buffer("scale", torch.empty(0))
         self.register_buffer("zero_point", torch.empty(0, dtype=torch.int32))
@@ -104,7 +117,7 @@ class FakeQuantizer(nn.Module):
         """Set the clipping range directly. Re-creates learnable ranges: build optimizers after."""
         if self.granularity == "per_token":
             raise RuntimeError("per_token quantizers have no stored range")
-        shape = (-1,) if self.granularity == "per_channel" else ()
+        shape = (-1,) if self.granularity in ("per_channel", "per_group") else ()
         lo, hi = (
             torch.as_tensor(t, dtype=torch.float32, device=self.scale.device).reshape(shape)
             for t in (lo, hi)
@@ -124,21 +137,46 @@ class FakeQuantizer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.enabled:
             return x
+        if self.granularity == "per_group":
+            groups = self._to_groups(x)
+            if self.calibrating:
+                self.estimator.observe(groups)
+                return x
+            return self._from_groups(self._quantize(groups, 0), x)
         if self.calibrating:
             if self.estimator is not None:
                 self.estimator.observe(x)
             return x
         if self.granularity == "per_token":
             return self._per_token(x)
+        return self._quantize(x, None if self.granularity == "per_tensor" else self.axis % x.dim())
+
+    def _quantize(self, x: Tensor, axis: int | None) -> Tensor:
+        """Fake-quantize with the stored (or learned) range: one, or one per index of ``axis``."""
         # qparams in fp32 even after model.half(): the fused kernels and 16-bit grids need it
         if self.learned_range is not None:
             scale, zero_point = self.learned_range(x.numel() // self.scale.numel())
-            scale, zero_point = self._bcast(scale.float(), x), self._bcast(zero_point.float(), x)
+            scale, zero_point = self._bcast(scale.float(), x, axis), self._bcast(zero_point.float(), x, axis)
             return fake_quant(x, scale, zero_point, self.qmin, self.qmax)
         if self.scale.numel() == 0:
             raise RuntimeError("FakeQuantizer is not calibrated: calibrate(), run data, freeze()")
-        axis = None if self.granularity == "per_tensor" else self.axis % x.dim()
         return fake_quant_fixed(x, self.scale.float(), self.zero_point, self.qmin, self.qmax, axis)
+
+    def _to_groups(self, w: Tensor) -> Tensor:
+        """A 2-D weight as [out·in/group_size, group_size]: one row per group, output-major."""
+        if w.dim() != 2:
+            raise ValueError(f"per_group quantizes 2-D weights, got a tensor of shape {tuple(w.shape)}")
+        rows = w if self.axis % 2 == 0 else w.t()  # [out, in]
+        if rows.shape[1] % self.group_size:
+            raise ValueError(f"per_group: group_size {self.group_size} does not divide the input "
+                             f"dimension {rows.shape[1]} of a weight of shape {tuple(w.shape)}; "
+                             "choose a group_size that divides it")
+        return rows.reshape(-1, self.group_size)
+
+    def _from_groups(self, groups: Tensor, like: Tensor) -> Tensor:
+        if self.axis % 2 == 0:
+            return groups.view(like.shape)
+        return groups.view(like.shape[1], like.shape[0]).t().contiguous()
 
     def _per_token(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, x.shape[-1])
@@ -147,10 +185,10 @@ class FakeQuantizer(nn.Module):
         out = fake_quant_fixed(rows, scale, zero_point.to(torch.int32), self.qmin, self.qmax, axis=0)
         return out.view_as(x)
 
-    def _bcast(self, t: Tensor, x: Tensor) -> Tensor:
-        if self.granularity != "per_channel":
+    @staticmethod
+    def _bcast(t: Tensor, x: Tensor, axis: int | None) -> Tensor:
+        if axis is None:
             return t
-        axis = self.axis % x.dim()
         return t.view([-1 if d == axis else 1 for d in range(x.dim())])
 
     # -- export / load ----------------------------------------------------------------------
@@ -167,6 +205,7 @@ class FakeQuantizer(nn.Module):
             "symmetric": self.symmetric,
             "granularity": self.granularity,
             "axis": self.axis,
+            "group_size": self.group_size,
             "scale": None if scale is None else scale.reshape(-1).tolist(),
             "zero_point": None if zero_point is None else zero_point.reshape(-1).int().tolist(),
         }
@@ -182,6 +221,8 @@ class FakeQuantizer(nn.Module):
         parts = [f"bits={self.bits}", f"symmetric={self.symmetric}", f"granularity={self.granularity}"]
         if self.axis is not None:
             parts.append(f"axis={self.axis}")
+        if self.group_size is not None:
+            parts.append(f"group_size={self.group_size}")
         if self.estimator is not None:
             parts.append(f"estimator={self.estimator_name}")
         if self.parameterization != "none":

@@ -45,14 +45,16 @@ class QuantizerConfig:
     estimator_kw: dict[str, Any] = field(default_factory=dict)
     learnable: str = "none"
     sigmoid: bool = False
+    group_size: int | None = None  # per_group only: input channels per range
 
     def build(self, axis: int | None) -> FakeQuantizer:
-        """``axis`` is used for ``per_channel`` only (weights: output channel; activations: -1)."""
+        """``axis`` is used for ``per_channel`` and ``per_group`` only (weights: output channel;
+        activations: -1)."""
         return FakeQuantizer(
             self.bits, self.symmetric, self.granularity,
-            axis=axis if self.granularity == "per_channel" else None,
+            axis=axis if self.granularity in ("per_channel", "per_group") else None,
             estimator=self.estimator, estimator_kw=dict(self.estimator_kw),
-            learnable=self.learnable, sigmoid=self.sigmoid,
+            learnable=self.learnable, sigmoid=self.sigmoid, group_size=self.group_size,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -31,7 +31,7 @@ BITS = (2, 16)  # allowed bit-widths, inclusive
 ARCHS = tuple(FAMILIES)  # model families; their site and region names are checked in relations.py
 ESTIMATORS = ("minmax", "running_minmax", "percentile", "mse")
 LEARNABLE = ("none", "scale_offset", "min_max", "beta_gamma")
-WEIGHT_GRANULARITIES = ("per_tensor", "per_channel")
+WEIGHT_GRANULARITIES = ("per_tensor", "per_channel", "per_group")
 ACT_GRANULARITIES = ("per_tensor", "per_channel", "per_token")
 ADAPTER_INITS = ("ones", "smoothquant")
 SOURCES = ("auto", "embedded", "local", "hub")
@@ -179,6 +179,8 @@ class Eval:
 class WeightSide:
     granularity: str = knob(choices=WEIGHT_GRANULARITIES)
     symmetric: bool = knob()
+    group_size: Optional[int] = knob(None, check=POSITIVE_INT,
+                                     hint="input channels per range with granularity=per_group")
 
 
 @dataclass

@@ -193,13 +193,28 @@ def linear_producers_need_fixed_per_channel_weight_ranges(v: View, p: Problems) 
     if not linear:
         return
     granularity, learnable = v("quantizer.weight.granularity"), v("quantizer.learnable")
-    if granularity != "per_channel" or learnable != "none":
+    if granularity not in ("per_channel", "per_group") or learnable != "none":
         names = ", ".join(f"{n} ({arch.regions[n].doc})" for n in linear)
         p.add("adapter.sites", f"adapter.sites has {names}, which folds exactly into a quantized "
-                               "linear producer only with per-channel fixed weight ranges; got "
+                               "linear producer only with per-channel or per-group fixed weight ranges; got "
                                f"quantizer.weight.granularity={show(granularity)}, quantizer.learnable="
                                f"{show(learnable)}: use quantizer=minmax (or mse, percentile) or drop "
                                f"{', '.join(linear)}")
+
+
+@relation
+def group_size_goes_with_per_group(v: View, p: Problems) -> None:
+    if v("quantizer.name") == "none":
+        return
+    granularity, group_size = v("quantizer.weight.granularity"), v("quantizer.weight.group_size")
+    if granularity == "per_group" and group_size is None:
+        p.add("quantizer.weight.group_size", "quantizer.weight.granularity=per_group needs "
+                                             "quantizer.weight.group_size (input channels per range, "
+                                             "e.g. 32, 64 or 128)")
+    elif granularity != "per_group" and group_size is not None:
+        p.add("quantizer.weight.group_size", f"quantizer.weight.group_size={show(group_size)} applies "
+                                             "to granularity=per_group only; set "
+                                             "quantizer.weight.granularity=per_group or group_size=null")
 
 
 @relation

@@ -21,7 +21,7 @@ def test_bad_bits_raise_naming_value_and_range(bits):
 
 
 @pytest.mark.parametrize("kw,bad,valid", [
-    ({"granularity": "per_row"}, "'per_row'", "per_tensor, per_channel, per_token"),
+    ({"granularity": "per_row"}, "'per_row'", "per_tensor, per_channel, per_group, per_token"),
     ({"estimator": "max"}, "'max'", "minmax, running_minmax, percentile, mse"),
     ({"learnable": "lsq"}, "'lsq'", "none, scale_offset, min_max, beta_gamma"),
 ])
@@ -87,7 +87,7 @@ def test_encodings_are_json_lists(learnable):
     q.set_range(torch.tensor([-1.0, 0.0, -0.5]), torch.tensor([2.0, 2.0, 1.0]))
     enc = json.loads(json.dumps(q.encodings()))
     assert enc == {
-        "bits": 4, "symmetric": False, "granularity": "per_channel", "axis": 1,
+        "bits": 4, "symmetric": False, "granularity": "per_channel", "axis": 1, "group_size": None,
         "scale": pytest.approx([3 / 15, 2 / 15, 1.5 / 15]), "zero_point": [5, 0, 5],
     }
     per_tensor = FakeQuantizer(8, symmetric=True)
