@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import SMOLLM2  # benchmarks run as scripts, from this folder
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
 from quadapter.methods.blockwise import capture_block_inputs, reconstruct_blocks, toggled
@@ -27,7 +28,6 @@ from quadapter.models.regions import attach_scales
 from quadapter.models.sites import quant_sites
 from quadapter.quant import QuantizerConfig, QuantSim
 
-from eval_throughput import SMOLLM2  # the shape, defined once (benchmarks run as scripts)
 
 SHAPES = {
     "gpt2-small 12x768": lambda: GPT2LMHeadModel(GPT2Config()),

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
-import time
 from typing import Callable
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from common import SMOLLM2, interleaved_times  # benchmarks run as scripts, from this folder
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
 from quadapter.evaluation import perplexity, strided_windows
 from quadapter.models.arch import for_model
@@ -29,11 +28,6 @@ from quadapter.models.regions import attach_scales, fold_scales
 from quadapter.models.sites import quant_sites
 from quadapter.quant import QuantizerConfig, QuantSim
 
-# SmolLM2-135M's shape (config.json of HuggingFaceTB/SmolLM2-135M): 30 blocks of width 576,
-# 9 query / 3 key-value heads, MLP 1536, vocabulary 49,152, tied embeddings.
-SMOLLM2 = LlamaConfig(num_hidden_layers=30, hidden_size=576, intermediate_size=1536,
-                      num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-                      max_position_embeddings=2048, tie_word_embeddings=True, rope_theta=100000.0)
 SHAPES = {  # name: (model factory, context, tokens scored)
     "tiny 4x192, 4k vocab": (lambda: GPT2LMHeadModel(GPT2Config(
         n_layer=4, n_embd=192, n_head=4, vocab_size=4096, n_positions=128)), 128, 16384),
@@ -55,22 +49,8 @@ def bare_forward(model, ids, context, stride, batch_size):
 
 
 def best_times(steps: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Fewest seconds of each step over ``repeats`` interleaved rounds (after one warm-up round),
-    with the garbage collector off while timing, as in ``timeit``."""
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    names = list(steps)
-    gc.disable()
-    try:
-        for i in range(repeats + 1):
-            for name in names[i % len(names):] + names[:i % len(names)]:
-                start = time.perf_counter()
-                steps[name]()
-                if i:
-                    times[name].append(time.perf_counter() - start)
-            gc.collect()
-    finally:
-        gc.enable()
-    return {name: min(t) for name, t in times.items()}
+    """Fewest seconds of each step over ``repeats`` interleaved rounds."""
+    return {name: min(t) for name, t in interleaved_times(steps, repeats).items()}
 
 
 def quantized(model, ids, context, quadapter: bool):

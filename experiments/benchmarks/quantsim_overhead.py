@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
 import statistics
-import time
 from contextlib import contextmanager
 from typing import Callable
 
 import torch
+from common import interleaved_times  # benchmarks run as scripts, from this folder
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from quadapter.models.arch import FAMILIES
@@ -111,25 +110,8 @@ def train_step(model: GPT2LMHeadModel, ids: torch.Tensor) -> Callable[[], None]:
 
 
 def median_times(steps: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    """Median seconds per step; one repeat of every step in turn, so drift hits all alike.
-
-    The garbage collector is off while timing, as in ``timeit``: its pauses land on whichever
-    step happens to allocate the object that triggers them.
-    """
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    names = list(steps)
-    gc.disable()
-    try:
-        for i in range(repeats + 1):  # the first round warms up (and fills the weight caches)
-            for name in names[i % len(names):] + names[:i % len(names)]:  # rotate the order
-                with cpu_path(VARIANTS.get(name, (True,))[0]):
-                    start = time.perf_counter()
-                    steps[name]()
-                    if i:
-                        times[name].append(time.perf_counter() - start)
-            gc.collect()
-    finally:
-        gc.enable()
+    """Median seconds per step over interleaved rounds, each step on its own code path."""
+    times = interleaved_times(steps, repeats, around=lambda name: cpu_path(VARIANTS.get(name, (True,))[0]))
     return {name: statistics.median(t) for name, t in times.items()}
 
 
