@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 # The configs are the interface users edit, so they stay in the checkout's conf/ (editable install).
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -63,19 +63,29 @@ def app(cfg: DictConfig) -> float:
             log.exception("run %s failed", run_dir)
         print(f"results: {run_dir / 'results.json'}", file=sys.stderr)
         if multirun:
-            return math.inf  # the sweep goes on (its report and exit status list this run); to a
-            # search (Optuna) a failed run is the worst perplexity, not a crash when all trials fail
+            return _worst(cfg)  # the sweep goes on (its report and exit status list this run); to a
+            # search (Optuna) a failed run is the worst value, not a crash when all trials fail
         sys.exit(EXIT_FAILED)
     if results["status"] != "completed":  # skipped by the resume rule: an earlier failed attempt
         print(f"quadapter: {run_dir} holds a {results['status']} run ({results.get('error')}); it was "
               "not run again: pass resume.rerun_failed=true to retry it", file=sys.stderr)
         if multirun:
-            return math.inf  # listed by resume.SweepExitStatus; the sweep exits 1
+            return _worst(cfg)  # listed by resume.SweepExitStatus; the sweep exits 1
         sys.exit(EXIT_FAILED)
     print(format_results(results))
     print(f"results: {run_dir / 'results.json'}")
-    objective = results["metrics"].get(f"test/{cfg.dataset.name}/ppl")  # what Hydra sweepers minimize
-    return objective if results["status"] == "completed" and objective is not None else math.inf
+    # what Hydra sweepers optimise: the task's primary metric on the fine-tuning dataset's held-out
+    # split (LM: test perplexity, minimised; GLUE: e.g. dev accuracy, maximised: direction=maximize)
+    objective = results["metrics"].get(f"test/{cfg.dataset.name}/{results.get('primary_metric', 'ppl')}")
+    return objective if results["status"] == "completed" and objective is not None else _worst(cfg)
+
+
+def _worst(cfg: DictConfig) -> float:
+    """The objective of a run without a result: the worst value in its task's direction."""
+    from quadapter.tasks import TASKS
+
+    task = TASKS.get(OmegaConf.select(cfg, "task.name", default="lm"))
+    return -math.inf if task is not None and task.direction == "maximize" else math.inf
 
 
 def _warn_if_refused(argv: list[str]) -> None:

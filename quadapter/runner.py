@@ -20,15 +20,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from quadapter.checkpoints import CheckpointError
 from quadapter.comparison import check as check_comparison
-from quadapter.data import eval_sets, token_ids
 from quadapter.errors import ConfigError, RunInterrupted, TrainingError
-from quadapter.evaluation import perplexity
 from quadapter.interrupts import interruptible
 from quadapter.methods import RunContext, check_config, get_method
 from quadapter.methods.embedded_model import ensure_embedded_model
-from quadapter.models.loading import eval_window, load_model, model_location
+from quadapter.models.loading import load_model, model_location
 from quadapter.models.outliers import apply_outlier_profile
 from quadapter.resume import decide, owned, previous_results
+from quadapter.tasks import TASKS, task_class
 from quadapter.tracking import (build_loggers, close_loggers, config_hash, environment, log_metrics,
                                 write_json_atomic)
 
@@ -119,6 +118,7 @@ def _run(cfg: DictConfig, run_dir: Path, group: str | None, command_line: Sequen
         "dataset": cfg.dataset.name,
         "adapter": cfg.adapter.name, "adapter_init": cfg.adapter.get("init"),
         "quantizer": cfg.quantizer.name, "eval": cfg.eval.name,
+        "task": cfg.task.name,
         "seed": cfg.seed, "metrics": {}, "protocol": {}, "config_hash": chash,
         "attempts": [*(previous or {}).get("attempts", []),
                      *([{k: previous.get(k) for k in ("status", "error")}] if previous else [])],
@@ -168,25 +168,28 @@ def _execute(cfg: DictConfig, run_dir: Path, cache_dir: Path, data_dir: str | No
     timings = results["timings"]
     t = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    gguf_spec = cfg.model.get("gguf")
-    if cfg.model.name_or_path is None and gguf_spec is None:  # the embedded model, pretrained here
+    package = cfg.model.get("package")
+    if cfg.model.name_or_path is None and package is None:  # the embedded model, pretrained here
         model_path = str(ensure_embedded_model(OmegaConf.to_container(cfg.model.pretrain, resolve=True),
                                                cache_dir))
         results["model_source"] = {"format": "pretrained", "dir": model_path}
     else:
         model_path, results["model_source"] = model_location(
-            cfg.model.name_or_path, gguf_spec and OmegaConf.to_container(gguf_spec, resolve=True),
+            cfg.model.name_or_path, package and OmegaConf.to_container(package, resolve=True),
             cache_dir)
     if results["model_source"]["format"] == "gguf":  # weights that went through a quantized file
         results["model"] = f"{cfg.model.name}+{results['model_source']['file_type'].lower()}"
         log.info("model %s: %s from %s %s (%s-dequantized weights)", cfg.model.name,
                  results["model_source"]["file"], results["model_source"]["package"],
                  results["model_source"]["version"], results["model_source"]["file_type"])
+    task_type = task_class(cfg)
+    results["primary_metric"] = task_type.primary_metric(cfg)
     model, tokenizer = load_model(model_path, cfg.model.tokenizer, cfg.model.dtype,
                                   cfg.model.trust_remote_code, arch=cfg.model.arch,
-                                  offline_fix=results["model_source"].get("gguf_not_installed") and
+                                  head=task_type.head, num_labels=task_type.num_labels(cfg),
+                                  offline_fix=results["model_source"].get("package_not_installed") and
                                   f"Offline, install the model's package: "
-                                  f"{results['model_source']['gguf_not_installed']}")
+                                  f"{results['model_source']['package_not_installed']}")
     profile = cfg.model.get("outlier_profile")
     if profile is not None:  # controlled setting: emulated outlier channels, labelled as such
         results["outlier_profile"] = apply_outlier_profile(
@@ -194,53 +197,36 @@ def _execute(cfg: DictConfig, run_dir: Path, cache_dir: Path, data_dir: str | No
         results["model"] = f"{results['model']}+outliers"
         log.info("controlled outlier profile: channels %s of the norm outputs x%g (FP function unchanged)",
                  results["outlier_profile"]["channel_ids"], results["outlier_profile"]["factor"])
-    context, stride = eval_window(model, cfg.eval.context, cfg.eval.stride)
-    if cfg.eval.max_tokens is not None and cfg.eval.max_tokens < 2:
-        raise ConfigError(f"eval.max_tokens={cfg.eval.max_tokens} scores nothing: set it to null "
-                          "(every token) or at least 2")
-    # every held-out split is read now, so a missing or empty one fails before the method runs
-    test_ids = {name: token_ids(spec, cfg.eval.split, tokenizer, data_dir, cache_dir)
-                for name, spec in eval_sets(cfg).items()}
+    task = task_type(cfg, model, tokenizer, data_dir, cache_dir)  # reads the held-out data now
     timings["load_s"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
     ctx = RunContext(cfg=cfg, model=model, tokenizer=tokenizer, run_dir=run_dir, cache_dir=cache_dir,
-                     loggers=loggers, device=device, summary=summary)
+                     loggers=loggers, device=device, summary=summary, task=task)
     model = get_method(cfg.method.name)(ctx).to(device).eval()
     timings["method_s"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
-    for name, spec in eval_sets(cfg).items():
-        ids = test_ids[name]
-        total = len(ids)
-        if cfg.eval.max_tokens:
-            ids = ids[:cfg.eval.max_tokens]
-        ppl, scored = perplexity(model, ids, context, stride, cfg.eval.batch_size)
-        if not math.isfinite(ppl):  # the sets scored before stay in results.json
-            raise TrainingError(f"test perplexity of {name} is {ppl}: the {cfg.method.name} model "
-                                f"produces non-finite logits; check its bit-widths and ranges")
-        results["metrics"][f"test/{name}/ppl"] = ppl
-        results["protocol"][name] = {
-            "dataset": name, "variant": spec.variant, "split": cfg.eval.split,
-            "joiner": spec.joiner, "context": context, "stride": stride, "level": "token",
-            "tokenizer": tokenizer.name_or_path, "tokens": len(ids), "tokens_in_split": total,
-            "scored_tokens": scored}
-        log.info("test/%s/ppl = %.3f (%d tokens scored)", name, ppl, scored)
+    for name, scores, protocol in task.evaluate(model):
+        bad = {k: v for k, v in scores.items() if not math.isfinite(v)}
+        if bad:  # the sets scored before stay in results.json
+            raise TrainingError(f"test {', '.join(f'{k}={v}' for k, v in bad.items())} on {name}: the "
+                                f"{cfg.method.name} model produces non-finite outputs; check its "
+                                "bit-widths and ranges")
+        results["metrics"].update({f"test/{name}/{k}": v for k, v in scores.items()})
+        results["protocol"][name] = protocol
+        log.info("test/%s: %s", name, ", ".join(f"{k} = {v:.3f}" for k, v in scores.items()))
     timings["eval_s"] = round(time.perf_counter() - t, 3)
     # after the training curves, so step-indexed dashboards keep the final point last
     log_metrics(loggers, results["metrics"], step=summary.get("training", {}).get("steps", 0))
 
 
 def format_results(results: dict[str, Any]) -> str:
-    """A short table of a run's test perplexities, for the terminal."""
+    """A short table of a run's final metrics, for the terminal (its task lays the rows out)."""
     lines = [f"{results['run_name']}: {results['status']}"]
     if results.get("outlier_profile"):
         p = results["outlier_profile"]
         lines.append(f"model {results['model']}: CONTROLLED setting, {p['channels']} emulated outlier "
                      f"channels x{p['factor']:g} (seed {p['seed']})")
-    lines.append(f"{'set':<14}{'ppl':>12}{'scored':>10}{'context':>9}{'stride':>8}")
-    for name, proto in results["protocol"].items():
-        ppl = results["metrics"][f"test/{name}/ppl"]
-        lines.append(f"{name:<14}{ppl:>12.3f}{proto['scored_tokens']:>10}{proto['context']:>9}"
-                     f"{proto['stride']:>8}")
+    lines += TASKS[results.get("task", "lm")].format_results(results)
     return "\n".join(lines)

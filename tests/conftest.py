@@ -59,15 +59,25 @@ def random_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def crash_training(monkeypatch: pytest.MonkeyPatch) -> dict:
     """Make every LM training step raise at global step ``crash["at"]`` (-1: never)."""
-    from quadapter.methods.lm_module import CausalLMModule
+    from quadapter.methods.train_module import TrainModule
 
     crash = {"at": -1}
-    original = CausalLMModule.training_step
+    original = TrainModule.training_step
 
     def flaky_step(self, batch, batch_idx):
         if self.global_step == crash["at"]:
             raise RuntimeError("simulated crash")
         return original(self, batch, batch_idx)
 
-    monkeypatch.setattr(CausalLMModule, "training_step", flaky_step)
+    monkeypatch.setattr(TrainModule, "training_step", flaky_step)
     return crash
+
+
+def run_context(cfg, model, tokenizer, run_dir, cache_dir, **kwargs):
+    """A method's RunContext as the runner builds it, with the config's task (which reads its data)."""
+    from quadapter.methods import RunContext
+    from quadapter.tasks import task_class
+
+    task = task_class(cfg)(cfg, model, tokenizer, cfg.paths.data_dir, cache_dir)
+    return RunContext(cfg=cfg, model=model, tokenizer=tokenizer, run_dir=run_dir, cache_dir=cache_dir,
+                      task=task, **kwargs)

@@ -11,6 +11,8 @@ reconstruction runs on the family's blocks.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -349,13 +351,14 @@ def test_smoothquant_alpha_on_every_region(model_type, tmp_path):
     sim = QuantSim(model, *quant_sites(model, None), weight=W8, act=A8)
     stats = sim.calibrate([ids(2, s) for s in range(2)], diagnostics=True, progress=False)
     cfg = OmegaConf.create({"quantizer": {}})
+    calibration = SimpleNamespace(forward=lambda m, batch: m(batch))  # the task's calibration forward
     ctx = RunContext(cfg=cfg, model=model, tokenizer=None, run_dir=tmp_path, cache_dir=tmp_path,
-                     outlier_stats=stats)
+                     outlier_stats=stats, task=calibration)
     import quadapter.methods.ptq as ptq_module
 
     with pytest.MonkeyPatch.context() as mp:  # recalibration on the same random batches
         mp.setattr("quadapter.methods.smoothing.quant_settings", lambda cfg, method: None)
-        mp.setattr(ptq_module, "calibration_loader", lambda ctx, s: ([ids(2, s) for s in range(2)], {}))
+        mp.setattr(ptq_module, "calibration_batches", lambda ctx, s: ([ids(2, s) for s in range(2)], {}))
         scales = smooth(ctx, sim, regions_of(model_type), 0.5, "ptq")
     for key, region in block_regions(model, regions_of(model_type)).items():
         consumer = sim.layers[region.consumers[0]]

@@ -383,7 +383,7 @@ def lightning_checkpoint(tmp_path_factory):
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from quadapter.methods.lm_module import CausalLMModule, weight_groups
+    from quadapter.methods.train_module import TrainModule, weight_groups
 
     out = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(0)
@@ -391,7 +391,7 @@ def lightning_checkpoint(tmp_path_factory):
     trainer = pl.Trainer(max_steps=3, logger=False, enable_progress_bar=False, accelerator="cpu",
                          enable_model_summary=False, callbacks=[ModelCheckpoint(
                              dirpath=out, save_last=True, every_n_train_steps=2, save_top_k=0)])
-    trainer.fit(CausalLMModule(model, weight_groups(model, 1e-3, 0.0), total_steps=3),
+    trainer.fit(TrainModule(model, weight_groups(model, 1e-3, 0.0), total_steps=3),
                 datamodule=LMDataModule([torch.randint(0, 50, (400,))], 16, 4, 12))
     return out / "last.ckpt"
 

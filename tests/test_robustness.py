@@ -9,7 +9,7 @@ from conftest import CONF, SMALL_OVERRIDES
 from hydra import compose, initialize_config_dir
 
 from quadapter.errors import RunInterrupted, TrainingError, UserError
-from quadapter.methods.lm_module import CausalLMModule
+from quadapter.methods.train_module import TrainModule
 from quadapter.report.load import read_metrics_csv
 from quadapter.resume import decide, previous_results
 from quadapter.runner import run
@@ -33,12 +33,12 @@ def read(run_dir):
 def step_hook(monkeypatch):
     """Pass every training loss through ``hook["fn"](module, loss)`` before the step checks it."""
     hook = {"fn": lambda module, loss: loss}
-    original = CausalLMModule.forward
+    original = TrainModule.forward
 
     def hooked(self, ids):
         return hook["fn"](self, original(self, ids))
 
-    monkeypatch.setattr(CausalLMModule, "forward", hooked)
+    monkeypatch.setattr(TrainModule, "forward", hooked)
     return hook
 
 

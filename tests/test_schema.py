@@ -395,6 +395,12 @@ def test_schema_names_equal_the_code_registries():
     assert (groups.EMBEDDED_DOMAINS, groups.EMBEDDED_SPLITS) == (embedded.DOMAINS, embedded.SPLITS)
     assert groups.WANDB_MODES == WANDB_MODES and set(groups.METHODS) == set(METHODS)
     assert groups.SAMPLE_SEED == ranges.SAMPLE_SEED
+    from quadapter.data.glue import TASKS as GLUE_TASKS
+    from quadapter.tasks import TASKS
+
+    assert groups.TASKS == tuple(TASKS) and groups.GLUE_TASKS == tuple(GLUE_TASKS)
+    assert groups.TASK_HEADS == {name: task.head for name, task in TASKS.items()}
+    assert set(groups.TASK_CONFIGS) == set(TASKS)
     for name, options in groups.ESTIMATOR_OPTIONS.items():  # the estimator's own keyword arguments
         params = inspect.signature(ESTIMATORS[name]).parameters
         own = {p for p in params if p not in ("axis", "bits", "symmetric")}

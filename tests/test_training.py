@@ -4,12 +4,11 @@ import json
 
 import pytest
 import torch
-from conftest import CONF, SMALL_OVERRIDES
+from conftest import CONF, SMALL_OVERRIDES, run_context
 from hydra import compose, initialize_config_dir
 
-from quadapter.data import eval_sets
-from quadapter.methods import RunContext, lm_module, qat
-from quadapter.methods.training import train_lm
+from quadapter.methods import qat, train_module
+from quadapter.methods.training import train
 from quadapter.models.loading import load_model
 from quadapter.runner import run
 
@@ -25,7 +24,7 @@ def make_cfg(*overrides):
 
 def context(cfg, model_dir, run_dir, cache):
     model, tok = load_model(str(model_dir))
-    return RunContext(cfg=cfg, model=model, tokenizer=tok, run_dir=run_dir, cache_dir=cache)
+    return run_context(cfg, model, tok, run_dir, cache)
 
 
 def test_qat_trains_weights_and_ranges_and_logs_curves(tmp_path, small_model_dir, isolated_env):
@@ -63,8 +62,8 @@ def test_interrupted_training_resumes_from_its_last_checkpoint(tmp_path, small_m
 
     def attempt():
         ctx = context(cfg, small_model_dir, tmp_path, isolated_env)
-        groups = lm_module.weight_groups(ctx.model, 1e-4, 0.0)
-        return train_lm(ctx, groups, cfg.method.train, "e2e", eval_sets(cfg))
+        groups = train_module.weight_groups(ctx.model, 1e-4, 0.0)
+        return train(ctx, groups, cfg.method.train, "e2e", "method.train")
 
     with pytest.raises(RuntimeError, match="simulated crash"):
         attempt()

@@ -94,8 +94,9 @@ class ResumableLoader(DataLoader):
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, order: list[int], seed: int,
-                 trained_batches: Callable[[], int]):
-        super().__init__(dataset, batch_size=batch_size, sampler=FromPosition(order))
+                 trained_batches: Callable[[], int], collate_fn: Callable | None = None):
+        super().__init__(dataset, batch_size=batch_size, sampler=FromPosition(order),
+                         collate_fn=collate_fn)
         self.seed, self._trained_batches = seed, trained_batches
 
     def state_dict(self) -> dict[str, int]:

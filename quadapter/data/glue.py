@@ -12,8 +12,9 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
-from quadapter.data.corpora import DataError, MissingSplitError
+from quadapter.data.corpora import DataError, MissingSplitError, resolve_source
 from quadapter.errors import ConfigError
 
 SPLITS = ("train", "dev")
@@ -38,6 +39,7 @@ class GlueTask:
     score_range: tuple[float, float] | None = None
     metrics: tuple[str, ...] = ("accuracy",)
     columns: int | None = None
+    hub_text: tuple[str, ...] = ("sentence1", "sentence2")  # the text columns of hub nyu-mll/glue
 
     @property
     def num_labels(self) -> int:
@@ -50,8 +52,10 @@ class GlueTask:
 
 
 TASKS = {t.name: t for t in (
-    GlueTask("cola", "CoLA", None, (3,), 1, ("0", "1"), metrics=("mcc", "accuracy"), columns=4),
-    GlueTask("sst2", "SST-2", ("sentence", "label"), ("sentence",), "label", ("0", "1")),
+    GlueTask("cola", "CoLA", None, (3,), 1, ("0", "1"), metrics=("mcc", "accuracy"), columns=4,
+             hub_text=("sentence",)),
+    GlueTask("sst2", "SST-2", ("sentence", "label"), ("sentence",), "label", ("0", "1"),
+             hub_text=("sentence",)),
     GlueTask("mrpc", "MRPC", ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"),
              ("#1 String", "#2 String"), "Quality", ("0", "1"), metrics=("accuracy", "f1")),
     GlueTask("stsb", "STS-B", ("index", "genre", "filename", "year", "old_index", "source1",
@@ -59,7 +63,7 @@ TASKS = {t.name: t for t in (
              ("sentence1", "sentence2"), "score", score_range=(0.0, 5.0),
              metrics=("pearson", "spearman")),
     GlueTask("qnli", "QNLI", ("index", "question", "sentence", "label"), ("question", "sentence"),
-             "label", ("entailment", "not_entailment")),
+             "label", ("entailment", "not_entailment"), hub_text=("question", "sentence")),
     GlueTask("rte", "RTE", ("index", "sentence1", "sentence2", "label"), ("sentence1", "sentence2"),
              "label", ("entailment", "not_entailment")),
 )}
@@ -146,3 +150,48 @@ def _label(spec: GlueTask, value: str, path: Path, line: int) -> int | float:
         raise DataError(f"{path}: line {line} has label {value!r}; GLUE {spec.folder}'s labels are "
                           f"{', '.join(spec.labels)}")
     return spec.labels.index(value)
+
+
+HUB_SPLITS = {"train": "train", "dev": "validation"}
+
+
+def load_split(spec: Mapping[str, Any], split: str, data_dir: str | None) -> GlueSplit:
+    """One split of a ``dataset=glue_*`` config: the local mirror (``<data_dir>/<local.dir>``) or the
+    hub (``nyu-mll/glue``), as ``dataset.source`` says (``auto``: local when a data dir is set)."""
+    glue = task(spec["task"])
+    source = resolve_source(spec, data_dir)
+    if source == "local":
+        if not data_dir:
+            raise ConfigError(f"dataset {spec['name']!r}: source=local needs paths.data_dir (or "
+                              "QUADAPTER_DATA_DIR) pointing at a folder that holds glue/")
+        return read_split(glue, Path(data_dir).expanduser() / spec["local"]["dir"], split)
+    if source != "hub":
+        raise ConfigError(f"dataset {spec['name']!r}: source={source!r}: GLUE comes from local or hub")
+    return _hub_split(glue, spec, split)
+
+
+def _hub_split(glue: GlueTask, spec: Mapping[str, Any], split: str) -> GlueSplit:
+    import datasets
+
+    hub = spec["hub"]
+    if split not in HUB_SPLITS:
+        split_path(glue, ".", split)  # the same ConfigError as for a local mirror
+    try:
+        ds = datasets.load_dataset(hub["path"], hub["name"], split=HUB_SPLITS[split],
+                                   revision=hub.get("revision"))
+    except Exception as e:  # network errors, offline mode
+        raise DataError(f"dataset {spec['name']!r}: could not load {hub['path']}/{hub['name']} split "
+                        f"{HUB_SPLITS[split]!r} from the hub: {e}. Offline? Set QUADAPTER_DATA_DIR "
+                        "to a folder holding glue/<Task>/{train,dev}.tsv, e.g. ../shared/data") from e
+    missing = [c for c in (*glue.hub_text, "label") if c not in ds.column_names]
+    if missing:
+        raise DataError(f"dataset {spec['name']!r}: hub dataset {hub['path']}/{hub['name']} lacks "
+                        f"column(s) {', '.join(missing)} (it has {', '.join(ds.column_names)})")
+    labels = [float(v) for v in ds["label"]] if glue.is_regression else [int(v) for v in ds["label"]]
+    bad = [v for v in labels if not (glue.score_range[0] <= v <= glue.score_range[1]
+                                      if glue.is_regression else 0 <= v < glue.num_labels)]
+    if bad:
+        raise DataError(f"dataset {spec['name']!r}: hub split {HUB_SPLITS[split]!r} has label {bad[0]!r} "
+                        f"outside GLUE {glue.folder}'s set (test splits have hidden labels, -1)")
+    return GlueSplit(glue, split, tuple(tuple(ds[c]) for c in glue.hub_text), tuple(labels),
+                     Path(f"hub:{hub['path']}/{hub['name']}/{HUB_SPLITS[split]}"))

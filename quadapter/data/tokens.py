@@ -8,6 +8,7 @@ either gives a new entry rather than stale ids.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -18,8 +19,16 @@ from transformers import PreTrainedTokenizerBase
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """What decides the ids: the serialized tokenizer without its truncation and padding state
+    (a call with ``truncation=True`` sets those on the backend; they do not change the vocabulary)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    blob = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        blob = json.dumps(spec, sort_keys=True)
+    else:
+        blob = repr(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

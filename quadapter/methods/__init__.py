@@ -19,8 +19,9 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from quadapter.errors import ConfigError
-from quadapter.methods import fp, ptq, qat, quadapter
+from quadapter.methods import fp, lora, prequant, ptq, qat, quadapter
 from quadapter.schema import validate
+from quadapter.tasks import Task
 
 
 @dataclass
@@ -36,13 +37,17 @@ class RunContext:
     summary: dict = field(default_factory=dict)  # method-specific entries for results.json
     device: torch.device = torch.device("cpu")  # where the run computes (calibration, training)
     outlier_stats: dict = field(default_factory=dict)  # per-site OutlierStats of the last calibration
+    task: Task | None = None  # what the run measures: data, loss, calibration batches, curves
 
 
 Method = Callable[[RunContext], nn.Module]
 METHODS: dict[str, Method] = {"fp": fp.apply, "ptq": ptq.apply, "qat": qat.apply,
-                              "quadapter": quadapter.apply}
+                              "quadapter": quadapter.apply, "prequant": prequant.apply,
+                              "lora": lora.apply}
 CHECKS: dict[str, Callable[[DictConfig], None]] = {"ptq": ptq.check, "qat": qat.check,
-                                                     "quadapter": quadapter.check}
+                                                     "quadapter": quadapter.check,
+                                                     "prequant": prequant.check,
+                                                     "lora": lora.check}
 
 
 def get_method(name: str) -> Method:

@@ -35,7 +35,7 @@ from quadapter.data.datamodule import LMDataModule
 from quadapter.data.embedded import DOMAINS, embedded_documents
 from quadapter.data.tokens import cached_encode
 from quadapter.errors import ConfigError
-from quadapter.methods.lm_module import CausalLMModule, weight_groups
+from quadapter.methods.train_module import TrainModule, weight_groups
 from quadapter.methods.training import RandomState
 from quadapter.models.arch import gpt2
 
@@ -134,7 +134,7 @@ def _pretrain(spec: dict, final: Path, cache_dir: str | Path) -> None:
     model = gpt2.new_model(vocab_size=len(tok), n_positions=spec["block_size"], n_embd=spec["n_embd"],
                            n_layer=spec["n_layer"], n_head=spec["n_head"],
                            bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
-    module = CausalLMModule(model, weight_groups(model, spec["lr"], spec["weight_decay"]),
+    module = TrainModule(model, weight_groups(model, spec["lr"], spec["weight_decay"]),
                             total_steps=spec["steps"], warmup_steps=spec["warmup_steps"])
     data = LMDataModule(train, spec["block_size"], spec["batch_size"],
                         num_samples=spec["steps"] * spec["batch_size"], seed=spec["seed"],

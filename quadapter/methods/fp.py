@@ -1,4 +1,9 @@
-"""Full precision: the model as loaded, the reference row of every comparison."""
+"""Full precision: the reference row of every comparison.
+
+On a task whose head is not pretrained (GLUE: a new classifier), the reference is the model
+fine-tuned on the task in full precision (``task.finetune``); PTQ quantizes that fine-tuned model.
+Otherwise (``task=lm``) it is the model as loaded.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,29 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from quadapter.methods.train_module import weight_groups
+from quadapter.methods.training import train
+
 if TYPE_CHECKING:
     from quadapter.methods import RunContext
 
 
+def finetune(ctx: RunContext) -> dict | None:
+    """Fine-tune every weight of ``ctx.model`` on the task when the task needs it; the summary."""
+    if not ctx.task.finetunes_before_quantizing:
+        return None
+    spec = ctx.cfg.task.finetune
+    for p in ctx.model.parameters():
+        p.requires_grad_(True)
+    summary = train(ctx, weight_groups(ctx.model, spec.lr, spec.weight_decay), spec, "finetune",
+                    "task.finetune")
+    for p in ctx.model.parameters():
+        p.requires_grad_(False)
+    return summary
+
+
 def apply(ctx: RunContext) -> nn.Module:
+    training = finetune(ctx)
+    if training is not None:
+        ctx.summary["training"] = training
     return ctx.model

@@ -1,8 +1,8 @@
-"""Post-training quantization: calibrate ranges on fine-tuning-set blocks, then evaluate as is.
+"""Post-training quantization: calibrate ranges on fine-tuning-set batches, then evaluate as is.
 
-Calibration data is ``quantizer.calibration.blocks`` random blocks of ``eval.context`` tokens (null:
-the model's maximum context, as for training) from ``dataset``'s ``quantizer.calibration.split``
-(seeded by ``seed``). The activation-outlier
+Calibration data is the task's (``Task.calibration``): ``quantizer.calibration.blocks`` seeded random
+samples of ``dataset``'s ``quantizer.calibration.split`` — LM: blocks of ``eval.context`` tokens
+(null: the model's maximum context, as for training); GLUE: training examples. The activation-outlier
 statistics gathered on the way are logged once: a table with a row per site (W&B), a summary in
 results.json and the worst site in the log.
 """
@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
-import torch
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.data import DataLoader, Subset
 
-from quadapter.data import token_ids
-from quadapter.data.datamodule import TokenBlocks
+from quadapter.methods.fp import finetune
 from quadapter.methods.quant_config import QuantSettings, quant_settings
 from quadapter.methods.smoothing import smooth
-from quadapter.models.loading import eval_window
 from quadapter.models.regions import fold_scales
 from quadapter.models.sites import quant_sites
 from quadapter.quant.diagnostics import OutlierStats
@@ -43,24 +39,10 @@ def check(cfg: DictConfig, method: str = "ptq") -> None:
     quant_settings(cfg, method)
 
 
-def calibration_loader(ctx: RunContext, settings: QuantSettings) -> tuple[DataLoader, dict]:
-    """Seeded random blocks of ``eval.context`` tokens, and what they were (for results)."""
-    cfg, split = ctx.cfg, settings.calibration_split
-    block_size = eval_window(ctx.model, cfg.eval.context, cfg.eval.stride)[0]
-    ids = token_ids(cfg.dataset, split, ctx.tokenizer, cfg.paths.data_dir, ctx.cache_dir)
-    blocks = TokenBlocks(ids, block_size, f"dataset {cfg.dataset.name!r}, split {split!r}",
-                         "calibration cuts it into blocks of eval.context tokens (null: the model's "
-                         "maximum context); lower eval.context, or calibrate on a larger split "
-                         "(quantizer.calibration.split) or dataset")
-    n = min(settings.calibration_blocks, len(blocks))
-    if n < settings.calibration_blocks:
-        log.warning("calibration: %s/%s holds only %d blocks of %d tokens, not %d",
-                    cfg.dataset.name, split, n, block_size, settings.calibration_blocks)
-    order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(cfg.seed))
-    chosen = Subset(blocks, order[:n].tolist())
-    info = {"dataset": cfg.dataset.name, "split": split, "blocks": n, "block_size": block_size,
-            "tokens": n * block_size}
-    return DataLoader(chosen, batch_size=settings.calibration_batch_size), info
+def calibration_batches(ctx: RunContext, settings: QuantSettings) -> tuple[Iterable, dict]:
+    """The task's seeded calibration batches from the fine-tuning dataset, and what they were."""
+    return ctx.task.calibration(settings.calibration_split, settings.calibration_blocks,
+                                settings.calibration_batch_size, ctx.cfg.seed)
 
 
 def outlier_report(stats: dict[str, OutlierStats], top_k: int, loggers: list) -> dict[str, Any]:
@@ -85,9 +67,9 @@ def quantize(ctx: RunContext, method: str = "ptq") -> QuantSim:
     model = ctx.model.to(ctx.device)
     layers, outputs = quant_sites(model, settings.sites)
     sim = QuantSim(model, layers, outputs, weight=settings.weight, act=settings.act)
-    loader, data = calibration_loader(ctx, settings)
+    loader, data = calibration_batches(ctx, settings)
     start = time.perf_counter()
-    stats = sim.calibrate(loader, lambda m, batch: m(batch.to(ctx.device)), diagnostics=True)
+    stats = sim.calibrate(loader, ctx.task.forward, diagnostics=True)
     data["seconds"] = round(time.perf_counter() - start, 3)
     record = settings.to_dict()
     record["calibration"].update(data)
@@ -102,8 +84,12 @@ def quantize(ctx: RunContext, method: str = "ptq") -> QuantSim:
 
 
 def apply(ctx: RunContext) -> nn.Module:
-    """PTQ; with ``adapter=smoothquant``, SmoothQuant scales are attached, the ranges re-calibrated
-    with them in place, and the scales folded into the producers and consumers."""
+    """PTQ (of the FP fine-tuned model where the task fine-tunes first, ``fp.finetune``); with
+    ``adapter=smoothquant``, SmoothQuant scales are attached, the ranges re-calibrated with them in
+    place, and the scales folded into the producers and consumers."""
+    training = finetune(ctx)
+    if training is not None:
+        ctx.summary["training"] = training
     sim = quantize(ctx)
     if ctx.cfg.adapter.name == "smoothquant":
         sites = list(ctx.cfg.adapter.sites)

@@ -11,10 +11,9 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from quadapter.data import eval_sets
 from quadapter.methods import ptq
-from quadapter.methods.lm_module import weight_groups
-from quadapter.methods.training import train_lm
+from quadapter.methods.train_module import weight_groups
+from quadapter.methods.training import train
 
 if TYPE_CHECKING:
     from quadapter.methods import RunContext
@@ -37,5 +36,5 @@ def apply(ctx: RunContext) -> nn.Module:
         g["params"] = [p for p in g["params"] if id(p) not in quantizer_params]
     ranges = [p for q in sim.quantizers().values() for p in q.range_parameters()]
     groups.append({"name": "ranges", "params": ranges, "lr": cfg.method.lr.ranges, "weight_decay": 0.0})
-    ctx.summary["training"] = train_lm(ctx, groups, cfg.method.train, "e2e", eval_sets(cfg))
+    ctx.summary["training"] = train(ctx, groups, cfg.method.train, "e2e", "method.train")
     return ctx.model

@@ -5,7 +5,7 @@ reshapes the activation so it quantizes well, while every model weight stays fro
 why it does not overfit the fine-tuning set the way QAT does. Two phases, each switchable:
 1. block-wise: per block, α minimizes the L2 between the quantized and the FP block output on
    calibration inputs (``blockwise.reconstruct_blocks``);
-2. end-to-end: α trains on the LM loss (``training.train_lm``), with the overfitting curves.
+2. end-to-end: α trains on the LM loss (``training.train``), with the overfitting curves.
 A run resumed after an interruption skips a finished phase 1 (``checkpoints/blockwise/done.pt``)
 and phase 2 continues from its Lightning checkpoint.
 Finally α folds into the producers (norm weights, a linear's output channels) and the consumers'
@@ -23,11 +23,10 @@ import torch
 from torch import nn
 
 from quadapter.checkpoints import load_phase, save_phase
-from quadapter.data import eval_sets
 from quadapter.methods import ptq
 from quadapter.methods.blockwise import capture_block_inputs, reconstruct_blocks, toggled
 from quadapter.methods.smoothing import smooth
-from quadapter.methods.training import RandomState, train_lm
+from quadapter.methods.training import RandomState, train
 from quadapter.models.arch import for_model
 from quadapter.models.regions import attach_scales, fold_scales
 from quadapter.tracking import log_metrics
@@ -79,7 +78,7 @@ def _blockwise(ctx: RunContext, sim, scales: dict) -> dict:
         RandomState().load_state_dict(rng)
         log.info("block-wise phase restored from %s (finished in an earlier attempt)", done)
         return summary
-    loader, data = ptq.calibration_loader(ctx, ptq.quant_settings(cfg, "quadapter"))
+    loader, data = ptq.calibration_batches(ctx, ptq.quant_settings(cfg, "quadapter"))
     batches = torch.cat(list(loader))
     names, blocks = map(list, zip(*for_model(model).block_list(model)))
     with toggled(sim.enable, False):
@@ -130,7 +129,7 @@ def apply(ctx: RunContext) -> nn.Module:
                    "lr": method.lr.alpha, "weight_decay": 0.0},
                   {"name": "ranges", "params": _range_params(sim) if method.learn_ranges else [],
                    "lr": method.lr.ranges, "weight_decay": 0.0}]
-        ctx.summary["training"] = train_lm(ctx, groups, method.e2e, "e2e", eval_sets(cfg))
+        ctx.summary["training"] = train(ctx, groups, method.e2e, "e2e", "method.e2e")
 
     log_alpha = torch.cat([s.log_alpha.detach().flatten().cpu() for s in scales.values()])
     summary["alpha"] = {"min": float(log_alpha.exp().min()), "max": float(log_alpha.exp().max()),

@@ -52,9 +52,8 @@ def smooth(ctx: RunContext, sim: QuantSim, sites: Sequence[str], migration: floa
         alphas[key] = smoothquant_alpha(region.reduce(act), region.reduce(w.to(act.device)), migration)
     scales = attach_scales(sim, ctx.model, sites, init=alphas)
     settings = quant_settings(ctx.cfg, method)
-    loader, _ = ptq.calibration_loader(ctx, settings)
-    after = sim.calibrate(loader, lambda m, batch: m(batch.to(ctx.device)), diagnostics=True,
-                          progress=False)
+    loader, _ = ptq.calibration_batches(ctx, settings)
+    after = sim.calibrate(loader, ctx.task.forward, diagnostics=True, progress=False)
     ctx.outlier_stats = after
     consumers = {c for r in regions.values() for c in r.consumers}
     ratio = {name: (before[name].summary()["max_over_median"], after[name].summary()["max_over_median"])

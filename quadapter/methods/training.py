@@ -1,18 +1,19 @@
-"""End-to-end training of a (quantized) LM with overfitting curves, shared by QAT and Quadapter.
+"""End-to-end training of a (quantized) model with overfitting curves: task fine-tuning, QAT and
+Quadapter's end-to-end phase all train here, on the run's task (``quadapter.tasks``).
 
 The curves are the point of the comparison: QAT on a small fine-tuning set improves its own
-held-out perplexity while the out-of-distribution sets degrade. So every ``val_check_interval``
-steps (and before the first step) the callback scores the running train perplexity and every
-held-out set with the one evaluator, and logs ``train/ppl`` and ``val/<set>/ppl`` against the global
-step — in W&B (Lightning's WandbLogger makes ``trainer/global_step`` the step metric, so the runs
-of a sweep overlay) and in the local CSV.
+held-out metric while the out-of-distribution sets degrade. So every ``val_check_interval`` steps
+(and before the first step) the callback asks the task for a curve point — the running train
+metric (LM: ``train/ppl``; GLUE: the mean loss and the metrics on a train subset) and every held-out
+set's ``val/<set>/<metric>`` — and logs it against the global step: in W&B (Lightning's
+WandbLogger makes ``trainer/global_step`` the step metric, so the runs of a sweep overlay) and in
+the local CSV.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,26 +21,21 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
-from quadapter.data import token_ids
-from quadapter.checkpoints import check_checkpoint
-from quadapter.data.corpora import DataError, MissingSplitError
-from quadapter.data.datamodule import LMDataModule
 from quadapter import interrupts
+from quadapter.checkpoints import check_checkpoint
 from quadapter.errors import RunInterrupted, TrainingError
-from quadapter.evaluation import perplexity
-from quadapter.methods.lm_module import CausalLMModule
-from quadapter.models.loading import eval_window
+from quadapter.methods.train_module import TrainModule
+from quadapter.tasks import Task
 
 log = logging.getLogger(__name__)
 
 
-class PerplexityCurves(Callback):
-    """Logs running train ppl and held-out ppl every ``every_n_steps`` optimizer steps."""
+class Curves(Callback):
+    """Logs the task's curve point (running train metric, held-out metrics) every
+    ``every_n_steps`` optimizer steps, before the first step and at the last."""
 
-    def __init__(self, sets: dict[str, torch.Tensor], context: int, stride: int, batch_size: int,
-                 every_n_steps: int):
-        self.sets, self.context, self.stride = sets, context, stride
-        self.batch_size, self.every_n_steps = batch_size, every_n_steps
+    def __init__(self, task: Task, every_n_steps: int):
+        self.task, self.every_n_steps = task, every_n_steps
         self.history: list[dict[str, float]] = []
         self._loss_sum, self._loss_count = 0.0, 0
 
@@ -60,21 +56,17 @@ class PerplexityCurves(Callback):
             self._evaluate(trainer, pl_module)
 
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        row: dict[str, float] = {"step": trainer.global_step}
-        if self._loss_count:
-            mean = self._loss_sum / self._loss_count  # a diverging loss overflows exp: inf, refused below
-            row["train/ppl"] = math.exp(mean) if mean < math.log(sys.float_info.max) else math.inf
-            self._loss_sum, self._loss_count = 0.0, 0
+        mean = self._loss_sum / self._loss_count if self._loss_count else None
+        self._loss_sum, self._loss_count = 0.0, 0
         was_training = pl_module.training
         pl_module.eval()
-        for name, ids in self.sets.items():
-            row[f"val/{name}/ppl"] = perplexity(pl_module.model, ids, self.context, self.stride,
-                                                self.batch_size)[0]
+        row: dict[str, float] = {"step": trainer.global_step,
+                                 **self.task.curve_point(pl_module.model, mean)}
         pl_module.train(was_training)
         self.history.append(row)
         bad = {k: v for k, v in row.items() if not math.isfinite(v)}
         if bad:  # the curve so far is kept (results.json training.curves); the run stops as failed
-            raise TrainingError(f"non-finite perplexity at step {trainer.global_step}: "
+            raise TrainingError(f"non-finite curve value at step {trainer.global_step}: "
                                 f"{', '.join(f'{k}={v}' for k, v in bad.items())}; lower the learning "
                                 f"rates (method.lr.*) or check the quantizer ranges")
         for logger in trainer.loggers:
@@ -122,61 +114,25 @@ class StopOnSignal(Callback):
                                  f"{self.last}", name)
 
 
-def heldout_curve_sets(ctx, sets: dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Token ids of every held-out set's curve split (``eval.val_split``, else its test split).
+def train(ctx, param_groups: list[dict], train_cfg, phase: str, config_key: str) -> dict[str, Any]:
+    """Train ``ctx.model``'s ``param_groups`` on the task's loss and training data; returns the
+    curve summary.
 
-    Local mirrors may lack a validation split (WikiText-2 raw, LAMBADA); then the curve uses the
-    test split and the summary says so, rather than the run failing.
+    ``train_cfg`` holds steps, batch_size and warmup_steps (LM: also train_tokens, the fine-tuning
+    data size); ``config_key`` is where it lives (e.g. ``method.train``), for messages.
+    Checkpoints go to ``<run dir>/checkpoints/<phase>``; a run restarted in the same dir resumes
+    from the last one.
     """
-    cfg = ctx.cfg
-    out, used = {}, {}
-    for name, spec in sets.items():
-        missing = None
-        for split in dict.fromkeys([cfg.eval.val_split, cfg.eval.split]):
-            try:
-                ids = token_ids(spec, split, ctx.tokenizer, cfg.paths.data_dir, ctx.cache_dir)
-            except MissingSplitError as e:  # any other DataError is a broken input: it surfaces
-                missing = e
-                continue
-            out[name], used[name] = ids[: cfg.eval.val_max_tokens or None], split
-            break
-        else:
-            raise DataError(f"held-out set {name!r} has neither a {cfg.eval.val_split!r} nor a "
-                            f"{cfg.eval.split!r} split to draw its curve from: {missing}")
-        if used[name] != cfg.eval.val_split:
-            log.warning("held-out set %s has no %s split: its curve uses %s", name,
-                        cfg.eval.val_split, used[name])
-    return out, used
-
-
-def train_lm(ctx, param_groups: list[dict], train_cfg, phase: str, eval_sets: dict) -> dict[str, Any]:
-    """Train ``ctx.model`` with ``param_groups`` on the fine-tuning set; returns the curve summary.
-
-    ``train_cfg`` holds steps, batch_size, warmup_steps and train_tokens (the fine-tuning data
-    size). Checkpoints go to ``<run dir>/checkpoints/<phase>``; a run restarted in the same dir
-    resumes from the last one.
-    """
-    cfg, model = ctx.cfg, ctx.model
-    context, stride = eval_window(model, cfg.eval.context, cfg.eval.stride)
-    train = token_ids(cfg.dataset, "train", ctx.tokenizer, cfg.paths.data_dir, ctx.cache_dir)
-    if train_cfg.train_tokens:
-        train = train[: train_cfg.train_tokens]
-    source = f"dataset {cfg.dataset.name!r}, split 'train'" + (
-        f" (its first method.train.train_tokens={train_cfg.train_tokens})" if train_cfg.train_tokens
-        else "")
-    data = LMDataModule([train], block_size=context, batch_size=train_cfg.batch_size,
-                        num_samples=train_cfg.steps * train_cfg.batch_size, seed=cfg.seed,
-                        sources=[source], fix="training cuts it into blocks of eval.context tokens "
-                        "(null: the model's n_positions); lower eval.context, or fine-tune on a "
-                        "larger split or dataset")
-    curve_ids, curve_splits = heldout_curve_sets(ctx, eval_sets)
+    cfg, model, task = ctx.cfg, ctx.model, ctx.task
+    data, data_info = task.train_data(train_cfg, cfg.seed, config_key)
+    curve_splits = task.curve_sets()
     every = cfg.trainer.val_check_interval
-    curves = PerplexityCurves(curve_ids, context, stride, cfg.eval.batch_size, every)
+    curves = Curves(task, every)
     ckpt_dir = Path(ctx.run_dir) / "checkpoints" / phase
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=every,
                                  save_top_k=0)
-    module = CausalLMModule(model, param_groups, total_steps=train_cfg.steps,
-                            warmup_steps=train_cfg.warmup_steps)
+    module = TrainModule(model, param_groups, total_steps=train_cfg.steps,
+                         warmup_steps=train_cfg.warmup_steps, loss=task.loss)
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
         precision=cfg.trainer.precision, max_steps=train_cfg.steps,
@@ -191,7 +147,7 @@ def train_lm(ctx, param_groups: list[dict], train_cfg, phase: str, eval_sets: di
         check_checkpoint(last)  # a damaged file is a CheckpointError naming it, not a zip error
     trainer.callbacks.append(StopOnSignal(last))
     model.train()  # dropout as in pretraining; the curve callback evaluates in eval mode
-    summary = {"phase": phase, "steps": train_cfg.steps, "train_tokens": len(train),
+    summary = {"phase": phase, "steps": train_cfg.steps, **data_info,
                "curve_splits": curve_splits, "curves": curves.history,
                "precision": trainer.precision}  # what Lightning runs (on a CPU 16-mixed is bf16-mixed)
     try:

@@ -51,7 +51,7 @@ def locate(spec: Mapping[str, Any]) -> Path | None:
             path = Path(dist.locate_file(entry))
             if path.is_file():
                 return path
-    raise GgufError(f"model.gguf: {spec['package']} {dist.version} is installed but holds no file "
+    raise GgufError(f"model.package: {spec['package']} {dist.version} is installed but holds no file "
                     f"{spec['file']}; reinstall the version the config names: {install_command(spec)}")
 
 
@@ -70,7 +70,7 @@ def describe(path: Path) -> dict[str, Any]:
     try:
         reader = GGUFReader(str(path))
     except Exception as e:  # a truncated or foreign file: gguf raises ValueError, struct errors, ...
-        raise GgufError(f"model.gguf: {path} is not a readable GGUF file ({type(e).__name__}: {e}); "
+        raise GgufError(f"model.package: {path} is not a readable GGUF file ({type(e).__name__}: {e}); "
                         "reinstall its package") from e
     field = reader.fields.get("general.file_type")
     file_type = LlamaFileType(int(field.parts[field.data[0]][0])).name if field else "unknown"
@@ -88,7 +88,7 @@ def _dequantize(path: Path, out: Path) -> None:
                                                           dtype=torch.float32)
     except (ImportError, ValueError, OSError) as e:  # gguf or accelerate missing, an unreadable file
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise GgufError(f"model.gguf: transformers cannot read {path} ({first_line}); it needs the "
+        raise GgufError(f"model.package: transformers cannot read {path} ({first_line}); it needs the "
                         "gguf and accelerate packages (pip install -e . installs both)") from e
     config = gguf_model.config
     del config.quantization_config  # the weights are plain float32 now: load them as such

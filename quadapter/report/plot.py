@@ -1,5 +1,7 @@
-"""Overfitting curves: train perplexity against each held-out set's perplexity over training steps.
+"""Overfitting curves: the train metric against each held-out set's over training steps.
 
+The metric is the run's primary one (``results.json``'s ``primary_metric``: perplexity for LM runs,
+e.g. accuracy for GLUE runs, whose train value is scored on a fixed train subset).
 One panel per held-out set, one colour per method (runs that differ only in seed share it), solid
 lines for the held-out set, dashed for train: a held-out curve that turns up while train keeps
 falling is overfitting to the fine-tuning set. Curves come from ``results.json``
@@ -36,29 +38,33 @@ def plot_curves(runs: list[Run], out: Path | None = None) -> Figure | None:
         return None
     curves_of = [c for _, c in with_curves]
     plotted = [r for r, _ in with_curves]
-    sets = list(dict.fromkeys(k.split("/")[1] for c in curves_of for row in c for k in row
-                              if k.startswith("val/") and k.endswith("/ppl")))
+    metric_of = [r.result.get("primary_metric") or "ppl" for r in plotted]
+    sets = list(dict.fromkeys((k.split("/")[1], m) for c, m in zip(curves_of, metric_of, strict=True)
+                              for row in c for k in row
+                              if k.startswith("val/") and k.endswith(f"/{m}")))
     datasets = [r.result.get("dataset") for r in plotted]
     if not sets:
         return None
-    sets.sort(key=lambda s: s not in datasets)  # in-distribution panels first
+    sets.sort(key=lambda s: s[0] not in datasets)  # in-distribution panels first
     fig = Figure(figsize=(5.5 * len(sets), 4.2))
     axes = fig.subplots(1, len(sets), squeeze=False)[0]
     colour_cycle = [f"C{i}" for i in range(10)]
     labels = run_labels(plotted)
     colours = {lab: colour_cycle[i % 10] for i, lab in enumerate(dict.fromkeys(labels))}
-    for curves, label in zip(curves_of, labels, strict=True):
-        train = [(p["step"], p["train/ppl"]) for p in curves if p.get("train/ppl") is not None]
-        for ax, s in zip(axes, sets, strict=True):
-            val = [(p["step"], p[f"val/{s}/ppl"]) for p in curves if p.get(f"val/{s}/ppl") is not None]
+    for curves, label, m in zip(curves_of, labels, metric_of, strict=True):
+        train = [(p["step"], p[f"train/{m}"]) for p in curves if p.get(f"train/{m}") is not None]
+        for ax, (s, sm) in zip(axes, sets, strict=True):
+            if sm != m:
+                continue
+            val = [(p["step"], p[f"val/{s}/{m}"]) for p in curves if p.get(f"val/{s}/{m}") is not None]
             if val:
                 ax.plot(*zip(*val, strict=True), "-o", color=colours[label], markersize=3, label=f"{label} held-out")
             if train:
                 ax.plot(*zip(*train, strict=True), "--", color=colours[label], alpha=0.8, label=f"{label} train")
-    for ax, s in zip(axes, sets, strict=True):
+    for ax, (s, m) in zip(axes, sets, strict=True):
         where = ("in-distribution" if all(d == s for d in datasets)
                  else "out-of-distribution" if s not in datasets else "held-out")
-        ax.set(title=f"{s} ({where})", xlabel="step", ylabel="perplexity")
+        ax.set(title=f"{s} ({where})", xlabel="step", ylabel="perplexity" if m == "ppl" else f"{m} (%)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         values = [y for line in ax.get_lines() for y in line.get_ydata()]
         if values and min(values) > 0 and max(values) / min(values) > 10:

@@ -44,6 +44,22 @@ def _plain(cfg: DictConfig, problems: Problems) -> dict[str, Any]:
     return out
 
 
+def _task_and_dataset_disagree(raw: Mapping[str, Any]) -> str | None:
+    """A GLUE dataset (it names a ``task``) with task=lm, or a corpus with task=glue."""
+    task = (raw.get("task") or {}).get("name") if isinstance(raw.get("task"), Mapping) else None
+    dataset = raw.get("dataset")
+    if not isinstance(dataset, Mapping) or task not in ("lm", "glue"):
+        return None
+    name = dataset.get("name")
+    if task == "lm" and "task" in dataset:
+        return (f"dataset={name} is a GLUE task's dataset: run it with task=glue (task=lm needs a "
+                "text corpus, e.g. dataset=wikitext2)")
+    if task == "glue" and "task" not in dataset:
+        return (f"dataset={name} is a language-modelling corpus: task=glue needs a GLUE dataset "
+                "(dataset=glue_mrpc, glue_rte, glue_sst2, glue_cola, glue_stsb)")
+    return None
+
+
 def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
     """Raise ``ConfigError`` listing every type, value and combination problem of ``cfg``."""
     if not isinstance(cfg, DictConfig):
@@ -52,6 +68,10 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
         cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     problems = Problems()
     raw = _plain(cfg, problems)
+    mismatch = _task_and_dataset_disagree(raw)
+    if mismatch:  # every key of the dataset would be wrong for the task: one line says why instead
+        problems.add("dataset", mismatch)
+        problems.raise_if_any()
     data = typed(Config, raw, "", problems) or {}
     run_relations(View(data, problems), problems)
     problems.raise_if_any()

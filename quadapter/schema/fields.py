@@ -287,6 +287,13 @@ def typed(schema: type, raw: Any, path: str, walk: Walk | Problems, hint: str | 
     return out
 
 
+def _lookup(node: Any, dotted: str) -> Any:
+    """``node[a][b]`` for ``"a.b"``; None where a step is not a mapping holding the key."""
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
 def _nested(f: Any, tp: Any, value: Any, parent: Mapping, full: str, walk: Walk
             ) -> tuple[bool, Any]:
     """(True, typed value) for a field holding mappings typed here, recursively; (False, None)
@@ -300,7 +307,7 @@ def _nested(f: Any, tp: Any, value: Any, parent: Mapping, full: str, walk: Walk
         if value is None:
             problems.invalid(full, value, f"a mapping with a {tag} key", meta.get("hint"))
             return True, MISSING
-        chosen = parent.get(tag[1:]) if tag.startswith("^") else (
+        chosen = _lookup(parent, tag[1:]) if tag.startswith("^") else (
             value.get(tag) if isinstance(value, Mapping) else None)
         schema = meta["variants"].get(chosen) if isinstance(chosen, str) else None
         if schema is None:  # a sibling tag reports its own bad value

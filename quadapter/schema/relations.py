@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 
 from quadapter.models.arch import FAMILIES, LinearOutput
 from quadapter.schema.fields import Problems, list_problem, show
-from quadapter.schema.groups import EMBEDDED_DOMAINS, EMBEDDED_SPLITS, QUANTIZING_METHODS
+from quadapter.schema.groups import EMBEDDED_DOMAINS, EMBEDDED_SPLITS, QUANTIZING_METHODS, TASK_HEADS
 
 
 class _Skip(Exception):
@@ -101,11 +101,11 @@ def bits_name_matches_bits(v: View, p: Problems) -> None:
     if v("method.name") == "fp":  # fp records bits=fp whatever the bits group says
         return
     name, weight, act = v("bits.name"), v("bits.weight"), v("bits.act")
-    m = re.fullmatch(r"w(\d+)a(\d+)", name)
+    m = re.fullmatch(r"w(\d+)(?:a(\d+))?", name)  # w4a8, or w4: weight-only
     if (name == "fp" and (weight, act) != (None, None)) or (
-            m and (weight, act) != (int(m[1]), int(m[2]))):
-        right = "fp" if (weight, act) == (None, None) else \
-            f"w{weight if weight is not None else 'fp'}a{act if act is not None else 'fp'}"
+            m and (weight, act) != (int(m[1]), m[2] and int(m[2]))):
+        right = "fp" if (weight, act) == (None, None) else f"w{weight}" if act is None else \
+            f"w{weight if weight is not None else 'fp'}a{act}"
         p.add("bits.name", f"bits.name={show(name)} does not match bits.weight={show(weight)}, "
                            f"bits.act={show(act)}: choose the preset (e.g. bits=w4a8) or also set "
                            f"bits.name={right} (it names the run in results, tags and tables)")
@@ -266,25 +266,73 @@ def qat_learnable_ranges_need_static_activation_ranges(v: View, p: Problems) -> 
 
 def _pretrained_here(v: View) -> Mapping[str, Any] | None:
     """The pretraining spec when quadapter pretrains the model itself, else None."""
-    loaded = v("model.name_or_path") is not None or v("model.gguf") is not None
+    loaded = v("model.name_or_path") is not None or v("model.package") is not None
     return None if loaded else v("model.pretrain")
 
 
 @relation
 def pretrained_model_needs_a_spec(v: View, p: Problems) -> None:
-    if v("model.name_or_path") is None and v("model.gguf") is None and v("model.pretrain") is None:
+    if v("model.name_or_path") is None and v("model.package") is None and v("model.pretrain") is None:
         p.add("model.pretrain", "model.name_or_path=null needs model.pretrain (the spec of the model "
-                                "quadapter pretrains) or model.gguf: set model.name_or_path to a hub "
+                                "quadapter pretrains) or model.package: set model.name_or_path to a hub "
                                 "name or a directory, or use model=tiny")
 
 
 @relation
-def perplexity_needs_a_causal_lm(v: View, p: Problems) -> None:
-    arch = FAMILIES[v("model.arch")]
-    if arch.head != "causal_lm":
-        causal = ", ".join(a.family for a in FAMILIES.values() if a.head == "causal_lm")
-        p.invalid("model.arch", v("model.arch"), f"a causal-LM family ({causal}): runs score "
-                  f"perplexity, and {arch.family} models are encoders with a classification head")
+def the_model_head_fits_the_task(v: View, p: Problems) -> None:
+    task, arch = v("task.name"), FAMILIES[v("model.arch")]
+    if arch.head != TASK_HEADS[task]:
+        fitting = ", ".join(a.family for a in FAMILIES.values() if a.head == TASK_HEADS[task])
+        p.invalid("model.arch", v("model.arch"), f"a family with a {TASK_HEADS[task]} head for "
+                  f"task={task} ({fitting}): {arch.family} models have a {arch.head} head; pick "
+                  f"another model= (or task=)")
+
+
+def _lm_only(v: View) -> None:
+    """Skip a check of language-modelling keys on another task."""
+    if v("task.name") != "lm":
+        raise _Skip
+
+
+# methods that need the LM task, and why (a config check, as DESIGN §2 asks of such methods)
+LM_ONLY_METHODS = {
+    "quadapter": "its block-wise phase reconstructs decoder blocks on token blocks and its scale "
+                 "regions fold into pre-norm producers (encoders offer only v_out); use method=fp, "
+                 "ptq or qat on GLUE"}
+
+
+GLUE_ONLY_METHODS = {
+    "prequant": "it fine-tunes a quantized pretrained encoder's outlier columns and new task head "
+                "on a GLUE task"}
+
+
+@relation
+def methods_fit_the_task(v: View, p: Problems) -> None:
+    task, method = v("task.name"), v("method.name")
+    if task != "lm" and method in LM_ONLY_METHODS:
+        p.add(["task.name", "method.name"], f"method={method} needs task=lm: {LM_ONLY_METHODS[method]}")
+    if task != "glue" and method in GLUE_ONLY_METHODS:
+        p.add(["task.name", "method.name"], f"method={method} needs task=glue: "
+                                            f"{GLUE_ONLY_METHODS[method]}")
+    if task != "lm" and v("adapter.name") != "none":
+        p.add(["task.name", "adapter.name"], f"adapter={v('adapter.name')} is not available with "
+              f"task={task}: its scales are calibrated and trained on token blocks; use adapter=none")
+    for key in ("method.train.train_tokens", "method.e2e.train_tokens"):
+        try:
+            tokens = v(key)
+        except _Skip:
+            continue
+        if task != "lm" and tokens is not None:
+            p.add(key, f"{key}={tokens} limits an LM fine-tuning split by tokens; with task={task} "
+                       "set it to null")
+
+
+@relation
+def glue_calibrates_on_train(v: View, p: Problems) -> None:
+    if v("task.name") == "glue" and v("method.name") in ("ptq", "qat") \
+            and v("quantizer.calibration.split") != "train":
+        p.invalid("quantizer.calibration.split", v("quantizer.calibration.split"),
+                  "train with task=glue (dev is the held-out set)")
 
 
 @relation
@@ -323,6 +371,7 @@ def outlier_channels_fit_the_model(v: View, p: Problems) -> None:
 
 @relation
 def eval_windows_fit(v: View, p: Problems) -> None:
+    _lm_only(v)
     context, stride = v("eval.context"), v("eval.stride")
     if context is not None and stride is not None and stride > context:
         p.add("eval.stride", f"eval.stride={stride} is larger than eval.context={context}: tokens "
@@ -394,6 +443,7 @@ def _check_split(what: str, split: str, key: str, spec: Mapping[str, Any], data_
 
 @relation
 def datasets_can_be_loaded(v: View, p: Problems) -> None:
+    _lm_only(v)
     data_dir = v("paths.data_dir")
     for key, spec in _datasets(v).items():
         if _check_source(key, spec, data_dir, p):
@@ -405,6 +455,7 @@ def datasets_can_be_loaded(v: View, p: Problems) -> None:
 
 @relation
 def fine_tuning_set_has_the_splits_the_method_reads(v: View, p: Problems) -> None:
+    _lm_only(v)
     method, spec, data_dir = v("method.name"), v("dataset"), v("paths.data_dir")
     if "dataset.source" in p.bad:
         return

@@ -92,6 +92,7 @@ class Architecture:
     regions_note: str = ""  # why a family offers no more regions than it does (shown on refusal)
     head: str = "causal_lm"  # what its models end in: causal_lm, or sequence_classification (encoders)
     reserved_positions: int = 0  # position slots the context cannot use (RoBERTa's padding offset)
+    new_head: tuple[str, ...] = ()  # parameters a task model gets fresh (a classifier), by prefix
 
     @property
     def sites(self) -> tuple[str, ...]:

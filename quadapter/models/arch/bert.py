@@ -51,6 +51,7 @@ BERT = Architecture(
     head_sites={"pooler": "bert.pooler.dense", "classifier": "classifier"},
     regions_note=POST_LN,
     head="sequence_classification",
+    new_head=("classifier",),  # a pretrained encoder has no task head; the loader builds one
 )
 
 ROBERTA = Architecture(
@@ -67,4 +68,5 @@ ROBERTA = Architecture(
     head_sites={"classifier.dense": "classifier.dense", "classifier": "classifier.out_proj"},
     regions_note=POST_LN.replace("BERT", "RoBERTa"),
     head="sequence_classification",
+    new_head=("classifier",),  # a pretrained encoder has no task head; the loader builds one
 )

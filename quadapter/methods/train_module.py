@@ -1,14 +1,15 @@
-"""The Lightning module that trains a causal LM on the language-modelling loss.
+"""The one Lightning module every training method uses: a task's loss, AdamW, warm-up + cosine.
 
-Every training method uses it: pretraining the embedded model, QAT, and Quadapter's end-to-end
-phase. What trains is decided by the parameter groups it is given (each with its own learning
-rate, so quantizer ranges and adapter scales can move at their own pace); it owns the loss, the
-optimizer and the schedule, nothing else.
+Pretraining the embedded model, fine-tuning on a task, QAT, Quadapter's end-to-end phase: what
+trains is decided by the parameter groups it is given (each with its own learning rate, so
+quantizer ranges and adapter scales can move at their own pace), what is minimised by the task's
+``loss(model, batch)`` (the causal-LM loss by default); it owns the optimizer and the schedule.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
@@ -34,28 +35,34 @@ def weight_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict
              "weight_decay": 0.0}]
 
 
-class CausalLMModule(pl.LightningModule):
-    """LM loss on blocks of token ids; AdamW over named parameter groups; warm-up + cosine."""
+def causal_lm_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy of a block of token ids."""
+    return model(ids, labels=ids).loss
+
+
+class TrainModule(pl.LightningModule):
+    """``loss(model, batch)`` minimised by AdamW over named parameter groups; warm-up + cosine."""
 
     def __init__(self, model: nn.Module, param_groups: list[dict], total_steps: int,
-                 warmup_steps: int = 0, betas: tuple[float, float] = (0.9, 0.95)):
+                 warmup_steps: int = 0, betas: tuple[float, float] = (0.9, 0.95),
+                 loss: Callable[[nn.Module, Any], torch.Tensor] = causal_lm_loss):
         super().__init__()
-        self.model = model
+        self.model, self.loss = model, loss
         self.param_groups = [g for g in param_groups if g["params"]]
         if not self.param_groups:
             raise ValueError("nothing to train: every parameter group is empty")
         self.total_steps, self.warmup_steps, self.betas = total_steps, warmup_steps, tuple(betas)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model(ids, labels=ids).loss
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.loss(self.model, batch)
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss = self(batch)
         if not torch.isfinite(loss):
             raise TrainingError(f"non-finite training loss ({loss.item()}) at step {self.global_step}: "
                                 f"the run stopped; lower the learning rates (method.lr.* or "
                                 f"model.pretrain.lr) or raise the bit-widths")
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, batch_size=1)
         return loss
 
     def configure_optimizers(self):
