@@ -22,8 +22,13 @@ def make(*overrides: str):
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_resolves(group, option):
-    cfg = make(f"{group}={option}")
+    glue = (group, option) in (("eval", "glue"), ("task", "glue")) or (
+        group == "dataset" and option.startswith("glue_"))
+    cfg = make(f"{group}={option}", *(["task=glue"] if glue and group != "task" else []))
     OmegaConf.to_container(cfg, resolve=True)
+    if cfg.task.name == "glue":  # its held-out set is the GLUE dataset's dev split
+        assert {"name", "task", "source", "hub", "local"} <= set(cfg.dataset)
+        return
     for spec in eval_sets(cfg).values():
         assert {"name", "variant", "source", "joiner"} <= set(spec)
 

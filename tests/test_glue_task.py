@@ -40,14 +40,16 @@ def tiny_bert_dir(tmp_path_factory):
     return out
 
 
-def glue_cfg(model_dir, *overrides):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides=[
-            "task=glue", f"model.name_or_path={model_dir}", "model.package=null", "model.name=tiny-bert",
+def glue_cfg_overrides(model_dir) -> list[str]:
+    return ["task=glue", f"model.name_or_path={model_dir}", "model.package=null", "model.name=tiny-bert",
             f"paths.data_dir={SHARED_DATA}", "task.max_length=64", "task.finetune.steps=4",
             "task.finetune.batch_size=8", "trainer.val_check_interval=2", "eval.val_max_examples=48",
-            "eval.train_eval_examples=16", "logger=csv", "trainer.enable_progress_bar=false",
-            *overrides])
+            "eval.train_eval_examples=16", "logger=csv", "trainer.enable_progress_bar=false"]
+
+
+def glue_cfg(model_dir, *overrides):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=[*glue_cfg_overrides(model_dir), *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -255,3 +257,23 @@ def test_weights_quantized_in_place_equal_quantsim_bit_for_bit(tiny_bert_dir):
         assert torch.equal(baked(input_ids=ids).logits, model(input_ids=ids).logits)
     assert len(names) == 12 and all(type(m) is torch.nn.Linear for n, m in baked.named_modules()
                                     if n in names)
+
+
+@pytest.mark.slow
+def test_a_glue_sweep_runs_its_own_axes_and_reports_glue_tables(tiny_bert_dir, tmp_path):
+    """A real multirun: `quadapter -m task=glue compare=fp dataset=glue_mrpc,glue_rte` runs exactly
+    those two (not the LM comparison's five methods at w8a3) and its report shows each GLUE metric."""
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "sweep"
+    overrides = [o for o in glue_cfg_overrides(tiny_bert_dir) if not o.startswith("logger")]
+    proc = subprocess.run([sys.executable, "-m", "quadapter.cli", "-m", *overrides, "compare=fp",
+                           "dataset=glue_mrpc,glue_rte", "task.finetune.steps=2", "logger=csv",
+                           f"hydra.sweep.dir={sweep}"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p.parent.name for p in sweep.glob("*/results.json"))
+    assert runs == ["0_fp-tiny-bert-glue_mrpc", "1_fp-tiny-bert-glue_rte"]
+    table = (sweep / "comparison.md").read_text()
+    assert "glue_mrpc accuracy" in table and "glue_mrpc f1" in table and "glue_rte accuracy" in table

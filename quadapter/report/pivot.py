@@ -445,7 +445,15 @@ def _build(runs: list[Run], loaded: Loaded, references: list[Reference], lay: La
            metrics: list[str]) -> Report:
     lay = _separate_what_differs(lay or make_layout(), runs)
     named = len(metrics) > 1
-    entries = [e for m in metrics for e in _run_entries(runs, lay, m, named)]
+    tagged = [(i, e) for i, m in enumerate(metrics) for e in _run_entries(runs, lay, m, named)]
+
+    def base(e: _Entry) -> str:  # "<set> <metric>" -> the set
+        return e.fields["set"].name.split(" ")[0] if e.fields.get("set") else ""
+
+    set_rank = {}
+    for _, e in tagged:
+        set_rank.setdefault(base(e), len(set_rank))
+    entries = [e for _, e in sorted(tagged, key=lambda ie: (set_rank[base(ie[1])], ie[0]))]  # a set's metrics together
     columns, notes = _label_protocols(entries)
     builder = _Builder(lay, columns)
     builder.place_runs(entries)
