@@ -360,6 +360,8 @@ def sweep(params) -> list[list[str]]:
 
 
 METHOD_OF_ADAPTER = {"quadapter": "method=quadapter", "smoothquant": "method=ptq"}
+GLUE_OPTIONS = {"eval=glue", "method=prequant", "compare=prequant", "model=minilm-l6",
+                "model=bert-base-uncased", "model=roberta-base"}  # and dataset=glue_*: task=glue's
 
 
 @pytest.mark.slow
@@ -368,6 +370,8 @@ METHOD_OF_ADAPTER = {"quadapter": "method=quadapter", "smoothquant": "method=ptq
                                           for p in sorted(d.glob("*.yaml"))])
 def test_every_shipped_option_and_experiment_sweep_validates(group, option):
     extra = [METHOD_OF_ADAPTER[option]] if group == "adapter" and option in METHOD_OF_ADAPTER else []
+    if f"{group}={option}" in GLUE_OPTIONS or (group == "dataset" and option.startswith("glue_")):
+        extra.append("task=glue")
     cfg = make(f"{group}={option}", *extra, hydra_config=group == "experiment")
     if group == "experiment" and cfg.hydra.sweeper.get("params"):
         for combo in sweep(cfg.hydra.sweeper.params):
