@@ -212,6 +212,7 @@ def test_prequant_trains_only_outlier_columns_and_the_head(tiny_bert_dir, tmp_pa
     assert {len(c) for c in pq["columns"].values()} == {2}
     columns = pq["trainable_params"] - pq["head_params"]  # FP columns count as 32-bit
     assert pq["effective_weight_bits"] == pytest.approx(4 + 28 * columns / pq["quantized_weights"])
+    assert pq["head_params"] == (32 * 32 + 32) + (32 * 2 + 2)  # the pooler and the new classifier
     assert 0 < pq["trainable_share"] < 0.2
 
 
@@ -221,10 +222,10 @@ def test_lora_trains_peft_adapters_beside_frozen_quantized_weights(tiny_bert_dir
     assert res["status"] == "completed" and res["bits"] == "w4"
     lora = res["lora"]
     assert lora["adapted_layers"] == 12  # 6 linears x 2 blocks
-    # rank 2 on [32 -> 32] x4 and [32 -> 48], [48 -> 32] per block, plus the classifier (32*2 + 2)
+    # rank 2 on [32 -> 32] x4 and [32 -> 48], [48 -> 32] per block, plus the head: pooler, classifier
     per_block = 4 * 2 * (32 + 32) + 2 * (32 + 48) + 2 * (48 + 32)
     assert lora["trainable_params"] == 2 * per_block + lora["head_params"]
-    assert lora["head_params"] == 32 * 2 + 2
+    assert lora["head_params"] == (32 * 32 + 32) + (32 * 2 + 2)
     assert [p["step"] for p in res["training"]["curves"]] == [0, 2]
 
 

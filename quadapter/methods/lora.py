@@ -62,7 +62,7 @@ def apply(ctx: RunContext) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     names = quantize_weights_in_place(model, settings)
-    head = list(for_model(model).new_head)
+    head = list(for_model(model).task_head())  # trained in full beside the adapters (pooler, classifier)
     config = LoraConfig(r=method.rank, lora_alpha=method.alpha, lora_dropout=method.dropout,
                         target_modules="^(" + "|".join(map(re.escape, names)) + ")$",
                         modules_to_save=head)

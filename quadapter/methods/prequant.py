@@ -8,7 +8,8 @@
    full-precision trainable parameters, chosen by ``method.criterion``: ``activation`` (largest
    input absmax on that text: the outlier channels), ``weight_norm`` (largest column L2 norm) or
    ``random`` (the control). The quantized rest stays frozen (``quant.outlier_columns``).
-3. Those columns and the task head (``method.lr``) fine-tune on the task (``method.train``).
+3. Those columns and the task head (``method.lr``: the family's head sites, BERT's pooler and new
+   classifier) fine-tune on the task (``method.train``).
 The paper's exact outlier criterion is not available offline; the criterion is a config so the
 ablation can tell what choosing outliers is worth. The summary records the trainable share and the
 effective bits (trainable columns count as 32-bit).
@@ -113,8 +114,7 @@ def apply(ctx: RunContext) -> nn.Module:
         columns[name] = chosen.tolist()
         total_weights += layer.weight.numel()
         kept += part.values.numel()
-    head = [p for n, p in model.named_parameters()
-            if n.split(".")[0] in for_model(model).new_head]
+    head = [p for path in for_model(model).task_head() for p in model.get_submodule(path).parameters()]
     for p in head:
         p.requires_grad_(True)
     groups = [{"name": "columns", "params": trainable_columns, "lr": method.lr.columns,

@@ -99,6 +99,12 @@ class Architecture:
         """Every quantizer site name: the block linears, the head sites, ``embeddings``, ``residual``."""
         return (*self.block_sites, *self.head_sites, "embeddings", "residual")
 
+    def task_head(self) -> tuple[str, ...]:
+        """The layers a parameter-efficient method fine-tunes in full with a new task head: every
+        head site (an encoder's pooler and classifier: a pretrained pooler feeds a new classifier);
+        none for a family whose head is pretrained (a causal LM's tied ``lm_head``)."""
+        return tuple(self.head_sites.values()) if self.new_head else ()
+
     def context_length(self, config: Any) -> int:
         """The longest context the model's position encoding was built for."""
         return int(getattr(config, self.context_key)) - self.reserved_positions
