@@ -250,7 +250,7 @@ def test_weights_quantized_in_place_equal_quantsim_bit_for_bit(tiny_bert_dir):
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2).eval()
     baked = copy.deepcopy(model)
-    names = quantize_weights_in_place(baked, settings)
+    names, _ = quantize_weights_in_place(baked, settings)
     sim = QuantSim(model, *quant_sites(model, settings.sites), weight=settings.weight, act=None)
     sim.calibrate([], progress=False)
     ids = torch.randint(5, 100, (3, 17))

@@ -59,7 +59,17 @@ def error(cfg) -> str:
 BAD = [
     # bits: integers in 2..16 or null
     ("ptq", dict(bits__weight=3.5),
-     ["bits.weight=3.5 is invalid: expected an integer in 2..16 or null", "e.g. bits=w4a8"]),
+     ["bits.weight=3.5 is invalid: expected an integer in 2..16, ternary or binary, or null",
+      "e.g. bits=w4a8"]),
+    ("ptq", dict(bits__weight="ternery"), ["bits.weight='ternery' is invalid: expected an integer in "
+                                           "2..16, ternary or binary"]),
+    ("ptq", dict(bits__act="binary", bits__name="random"),
+     ["bits.act='binary' is invalid: expected an integer in 2..16 or null",
+      "ternary and binary are weight quantizers"]),
+    ("ptq", dict(bits__weight="binary"), ["bits.name='w8a8' does not match bits.weight='binary', "
+                                          "bits.act=8", "bits.name=wbin_a8"]),
+    ("ptq", dict(quantizer__weight__ternary_threshold=-0.1),
+     ["quantizer.weight.ternary_threshold=-0.1 is invalid: expected a finite number >= 0"]),
     ("ptq", dict(bits__act=0), ["bits.act=0 is invalid: expected an integer in 2..16 or null"]),
     ("ptq", dict(bits__act=17), ["bits.act=17 is invalid: expected an integer in 2..16"]),
     ("ptq", dict(bits__weight=1), ["bits.weight=1 is invalid: expected an integer in 2..16"]),
@@ -290,6 +300,13 @@ COMBINATIONS = [
      "adapter=smoothquant needs quantized activations (bits.act=null)"),
     ("quadapter", dict(adapter__init="smoothquant", bits__act=None, bits__name="w8"),
      "adapter.init=smoothquant needs quantized activations (bits.act=null)"),
+    ("qat", dict(bits__weight="ternary", bits__name="wtern_a8"),  # quantizer=learned
+     "bits.weight=ternary takes its scale from the weights (mean |W|), not from a learnable range "
+     "(quantizer.learnable='min_max'): use quantizer=minmax"),
+    ("ptq", dict(bits__weight="binary", bits__name="wbin_a8", quantizer__weight__granularity="per_group",
+                 quantizer__weight__group_size=32),
+     "quantizer.weight.granularity='per_group' with bits.weight=binary: binary weights take "
+     "per_tensor or per_channel"),
     ("qat", dict(quantizer__act__granularity="per_token"),
      "method=qat with quantizer.learnable='min_max' and per_token activations: per-token activation "
      "ranges are recomputed on every token, so there are none to learn"),
@@ -313,6 +330,9 @@ def test_meaningful_combinations_are_accepted(base):
     validate(mutate(base["quadapter"], adapter__init="smoothquant", adapter__sites=["v_proj"]))
     validate(mutate(base["qat"], quantizer=base["ptq"].quantizer))  # QAT with fixed ranges
     validate(mutate(base["ptq"], bits__weight=None, bits__name="a8"))  # activations only
+    validate(make("method=ptq", "bits=wtern_a8"))  # ternary / binary weights with fixed ranges
+    validate(make("method=qat", "bits=wbin_a4", "quantizer=minmax"))
+    validate(make("method=ptq", "bits=wbin", "quantizer.weight.granularity=per_tensor"))
     validate(mutate(base["fp"], eval__context=128, eval__stride=64, model__outlier_profile={}))
     validate(make("+dataset@eval.sets.ptb=ptb"))  # the documented way to add a held-out set
 
@@ -394,6 +414,9 @@ def test_schema_names_equal_the_code_registries():
     assert groups.ESTIMATORS == tuple(ESTIMATORS) and groups.LEARNABLE == LEARNABLE
     assert groups.WEIGHT_GRANULARITIES == quant_config.WEIGHT_GRANULARITIES
     assert groups.ACT_GRANULARITIES == quant_config.ACT_GRANULARITIES
+    from quadapter.quant import levels
+
+    assert (groups.WEIGHT_LEVELS, groups.LEVEL_GRANULARITIES) == (levels.LEVELS, levels.LEVEL_GRANULARITIES)
     assert groups.ADAPTER_INITS == quadapter.INITS
     assert (groups.SOURCES, groups.LOCAL_FORMATS) == (corpora.SOURCES, corpora.LOCAL_FORMATS)
     assert (groups.EMBEDDED_DOMAINS, groups.EMBEDDED_SPLITS) == (embedded.DOMAINS, embedded.SPLITS)
@@ -416,11 +439,12 @@ def test_schema_names_equal_the_code_registries():
 # ---- property: validate() and the code that builds the quantizers agree -------------------------
 
 ANY_BITS = st.one_of(st.integers(-4, 40), st.floats(allow_nan=False, width=32), st.booleans(),
-                     st.sampled_from(["8", "4", "", "w8"]), st.just([8]))
+                     st.sampled_from(["8", "4", "", "w8", "ternary", "Binary"]), st.just([8]))
 ANY_GRANULARITY = st.one_of(st.sampled_from(["per_token", "per_row", "PER_TENSOR", ""]),
                             st.text(max_size=12), st.integers(0, 3), st.none())
 VALID_BITS = st.one_of(st.none(), st.integers(2, 16))
-VALID = {"weight": VALID_BITS, "act": VALID_BITS,
+VALID_WEIGHT_BITS = st.one_of(VALID_BITS, st.sampled_from(["ternary", "binary"]))
+VALID = {"weight": VALID_WEIGHT_BITS, "act": VALID_BITS,
          "weight_granularity": st.sampled_from(["per_tensor", "per_channel"]),
          "act_granularity": st.sampled_from(["per_tensor", "per_channel", "per_token"])}
 ANY = {"weight": ANY_BITS, "act": ANY_BITS, "weight_granularity": ANY_GRANULARITY,

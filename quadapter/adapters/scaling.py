@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from quadapter.quant.levels import LevelQuantizer
 from quadapter.quant.sim import QuantizedLayer
 
 ProducerFold = Callable[[Tensor], None]  # multiplies the producer's output channels by α in place
@@ -117,6 +118,11 @@ def output_range(module: nn.Module):
     (``ValueError``).
     """
     q = module.weight_quantizer if isinstance(module, QuantizedLayer) else None
+    if isinstance(q, LevelQuantizer):  # α and Δ are recomputed from W: per channel they follow it
+        if q.granularity != "per_channel":
+            raise ValueError("a scale cannot fold exactly into a linear producer with per_tensor "
+                             f"{q.bits} weights: use quantizer.weight.granularity=per_channel")
+        return None
     if q is None or (q.scale.numel() == 0 and q.learned_range is None):
         return None
     if q.granularity not in ("per_channel", "per_group") or q.learned_range is not None:

@@ -23,6 +23,7 @@ from quadapter.methods.training import train
 from quadapter.models.arch import for_model
 from quadapter.models.sites import quant_sites
 from quadapter.quant.sim import QuantSim
+from quadapter.quant.size import model_size
 
 if TYPE_CHECKING:
     from quadapter.methods import RunContext
@@ -37,20 +38,21 @@ def check(cfg: DictConfig) -> None:
                           "use a weight-only preset such as bits=w4 (activations stay full precision)")
 
 
-def quantize_weights_in_place(model: nn.Module, settings) -> list[str]:
-    """Replace every site's weight by its fake-quantized value (frozen); the layer names."""
+def quantize_weights_in_place(model: nn.Module, settings) -> tuple[list[str], dict]:
+    """Replace every site's weight by its fake-quantized value (frozen); the layer names and the
+    model's storage size with them quantized (``quant.size.model_size``)."""
     layers, _ = quant_sites(model, settings.sites)
     sim = QuantSim(model, layers, [], weight=settings.weight, act=None)
     sim.calibrate([], progress=False)  # weight ranges come from the weights alone
     with torch.no_grad():
         quantized = {name: w.quantized_weight().detach().clone() for name, w in sim.layers.items()}
-    names = list(sim.layers)
+    names, size = list(sim.layers), model_size(model, sim)
     sim.remove()  # the plain modules back, then their weights set to the quantized values
     modules = dict(model.named_modules())
     with torch.no_grad():
         for name, weight in quantized.items():
             modules[name].weight.copy_(weight)
-    return names
+    return names, size
 
 
 def apply(ctx: RunContext) -> nn.Module:
@@ -61,7 +63,7 @@ def apply(ctx: RunContext) -> nn.Module:
     model = ctx.model.to(ctx.device)
     for p in model.parameters():
         p.requires_grad_(False)
-    names = quantize_weights_in_place(model, settings)
+    names, size = quantize_weights_in_place(model, settings)
     head = list(for_model(model).task_head())  # trained in full beside the adapters (pooler, classifier)
     config = LoraConfig(r=method.rank, lora_alpha=method.alpha, lora_dropout=method.dropout,
                         target_modules="^(" + "|".join(map(re.escape, names)) + ")$",
@@ -83,9 +85,9 @@ def apply(ctx: RunContext) -> nn.Module:
                            "head_params": n_head,
                            "trainable_share": sum(p.numel() for p in trainable) / n_params}
     ctx.summary["quantization"] = {**settings.to_dict(), "quantized_layers": names,
-                                   "quantized_outputs": []}
+                                   "quantized_outputs": [], "model_size": size}
     ctx.summary["quantization"]["calibration"] = None  # weight-only: no data
-    log.info("lora: W%d weights frozen in %d layers, rank %d adapters: %.3f%% of the parameters train",
+    log.info("lora: W%s weights frozen in %d layers, rank %d adapters: %.3f%% of the parameters train",
              settings.weight.bits, len(names), method.rank, 100 * ctx.summary["lora"]["trainable_share"])
     ctx.summary["training"] = train(dataclasses.replace(ctx, model=peft_model), groups, method.train,
                                     "finetune", "method.train")

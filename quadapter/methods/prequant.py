@@ -34,8 +34,10 @@ from quadapter.methods.training import train
 from quadapter.models.arch import for_model
 from quadapter.models.sites import input_axis, quant_sites
 from quadapter.quant.diagnostics import OutlierStats
+from quadapter.quant.levels import STORAGE_BITS
 from quadapter.quant.outlier_columns import attach_outlier_columns, top_columns
 from quadapter.quant.sim import QuantSim
+from quadapter.quant.size import model_size
 
 if TYPE_CHECKING:
     from quadapter.methods import RunContext
@@ -99,6 +101,7 @@ def apply(ctx: RunContext) -> nn.Module:
         for hook in hooks:
             hook.remove()
 
+    size = model_size(model, sim)  # before the columns take the weights' place
     generator = torch.Generator().manual_seed(cfg.seed)
     columns, trainable_columns = {}, []
     total_weights = kept = 0
@@ -123,20 +126,21 @@ def apply(ctx: RunContext) -> nn.Module:
     n_params = sum(p.numel() for p in model.parameters())
     n_head = sum(p.numel() for p in head)
     bits = settings.weight.bits
+    grid_bits = STORAGE_BITS.get(bits, bits)  # ternary: 2, binary: 1
     ctx.summary["prequant"] = {
         "criterion": method.criterion, "trainable_fraction": method.trainable_fraction,
         "outlier_text": text, "columns": columns,
         "trainable_params": kept + n_head, "head_params": n_head,
         "trainable_share": (kept + n_head) / n_params,
         "quantized_weights": total_weights,
-        "effective_weight_bits": (bits * (total_weights - kept) + 32 * kept) / total_weights,
+        "effective_weight_bits": (grid_bits * (total_weights - kept) + 32 * kept) / total_weights,
     }
     record = settings.to_dict()
     record["calibration"] = {**text, "batch_size": settings.calibration_batch_size}  # not task data
     ctx.summary["quantization"] = {**record, "quantized_layers": list(sim.layers),
-                                   "quantized_outputs": list(sim.outputs)}
+                                   "quantized_outputs": list(sim.outputs), "model_size": size}
     ctx.summary["outliers"] = outlier_report(stats, settings.outlier_top_channels, ctx.loggers)
-    log.info("prequant: W%d, %d columns of %d matrices full precision (%s), trainable %.3f%% of "
+    log.info("prequant: W%s, %d columns of %d matrices full precision (%s), trainable %.3f%% of "
              "the parameters, %.3f effective weight bits", bits, sum(map(len, columns.values())),
              len(columns), method.criterion, 100 * ctx.summary["prequant"]["trainable_share"],
              ctx.summary["prequant"]["effective_weight_bits"])

@@ -23,6 +23,7 @@ from quadapter.models.regions import fold_scales
 from quadapter.models.sites import quant_sites
 from quadapter.quant.diagnostics import OutlierStats
 from quadapter.quant.sim import QuantSim
+from quadapter.quant.size import model_size
 from quadapter.tracking import log_table
 
 if TYPE_CHECKING:
@@ -74,7 +75,8 @@ def quantize(ctx: RunContext, method: str = "ptq") -> QuantSim:
     record = settings.to_dict()
     record["calibration"].update(data)
     ctx.summary["quantization"] = {**record, "quantized_layers": list(sim.layers),
-                                   "quantized_outputs": list(sim.outputs)}
+                                   "quantized_outputs": list(sim.outputs),
+                                   "model_size": model_size(model, sim)}
     ctx.outlier_stats = stats
     ctx.summary["outliers"] = outlier_report(stats, settings.outlier_top_channels, ctx.loggers)
     log.info("%s: %d layers and %d outputs quantized (%s), calibrated on %d tokens in %.1f s",

@@ -16,6 +16,7 @@ from quadapter.errors import ConfigError
 from quadapter.models.arch import family
 from quadapter.models.sites import check_site_names
 from quadapter.quant import ESTIMATORS, LEARNABLE
+from quadapter.quant.levels import LEVEL_GRANULARITIES, LEVELS, TWN_THRESHOLD
 from quadapter.quant.sim import QuantizerConfig
 from quadapter.schema.fields import show
 from quadapter.schema.groups import ACT_GRANULARITIES, WEIGHT_GRANULARITIES
@@ -23,7 +24,7 @@ from quadapter.schema.groups import ACT_GRANULARITIES, WEIGHT_GRANULARITIES
 
 @dataclass(frozen=True)
 class QuantSettings:
-    weight: QuantizerConfig | None  # None: weights stay in full precision
+    weight: QuantizerConfig | None  # None: weights stay in full precision; bits may be ternary/binary
     act: QuantizerConfig | None  # None: activations stay in full precision
     sites: list[str]  # resolved against the model's family (quantizer.sites=null: every block linear)
     calibration_split: str
@@ -48,11 +49,15 @@ def _fail(key: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"config error: {key}={show(value)} is invalid: expected {allowed}")
 
 
-def _bits(cfg: DictConfig, side: str) -> int | None:
+def _bits(cfg: DictConfig, side: str) -> int | str | None:
     value = cfg.bits.get(side)
+    if side == "weight" and value in LEVELS:
+        return value
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                               or not 2 <= value <= 16):
-        raise _fail(f"bits.{side}", value, "an integer in 2..16 or null (null = not quantized)")
+        levels = f", {' or '.join(LEVELS)}" if side == "weight" else \
+            " (ternary and binary are weight quantizers)"
+        raise _fail(f"bits.{side}", value, f"an integer in 2..16{levels} or null (null = not quantized)")
     return value
 
 
@@ -75,6 +80,23 @@ def _positive(q: Mapping, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise _fail(f"quantizer.{key}", value, "an integer >= 1")
     return value
+
+
+def _level_weight(q: Mapping, levels: str, learnable: str) -> QuantizerConfig:
+    """Ternary/binary weights: α (and Δ) come from the weight itself, so nothing is learned."""
+    if learnable != "none":
+        raise ConfigError(f"config error: bits.weight={levels} takes its scale from the weights "
+                          f"(mean |W|), not from a learnable range (quantizer.learnable="
+                          f"{show(learnable)}): use quantizer=minmax or quantizer.learnable=none")
+    granularity = OmegaConf.select(q, "weight.granularity")
+    if granularity not in LEVEL_GRANULARITIES:
+        raise _fail("quantizer.weight.granularity", granularity,
+                    f"per_tensor or per_channel with bits.weight={levels} (one α per tensor or "
+                    "per output channel)")
+    threshold = OmegaConf.select(q, "weight.ternary_threshold", default=TWN_THRESHOLD)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
+        raise _fail("quantizer.weight.ternary_threshold", threshold, "a number >= 0 (TWN: 0.7)")
+    return QuantizerConfig(levels, True, granularity, threshold=float(threshold))
 
 
 def quant_settings(cfg: DictConfig, method: str) -> QuantSettings:
@@ -101,7 +123,9 @@ def quant_settings(cfg: DictConfig, method: str) -> QuantSettings:
     common = dict(estimator=estimator, estimator_kw=estimator_kw, learnable=learnable,
                   sigmoid=sigmoid)
     weight = act = None
-    if weight_bits is not None:
+    if weight_bits in LEVELS:
+        weight = _level_weight(q, weight_bits, learnable)
+    elif weight_bits is not None:
         granularity = _choice(q, "weight.granularity", WEIGHT_GRANULARITIES)
         group_size = OmegaConf.select(q, "weight.group_size")
         if (granularity == "per_group") != (group_size is not None):

@@ -1,4 +1,5 @@
-"""Quantization core: fake quantizers, range estimators, learnable ranges, QuantSim. No model
+"""Quantization core: fake quantizers (uniform; ternary and binary weights), range estimators,
+learnable ranges, QuantSim. No model
 knowledge: callers name the sites (``quadapter.models.sites`` for GPT-2)."""
 
 from quadapter.quant.diagnostics import OutlierStats
@@ -18,6 +19,7 @@ from quadapter.quant.learnable import (
     ScaleOffsetRange,
     make_parameterization,
 )
+from quadapter.quant.levels import LEVELS, LevelQuantizer, binarize, ternarize
 from quadapter.quant.quantizer import GRANULARITIES, LEARNABLE, FakeQuantizer
 from quadapter.quant.ranges import (
     ESTIMATORS,
@@ -41,10 +43,12 @@ __all__ = [
     "ESTIMATORS",
     "GRANULARITIES",
     "LEARNABLE",
+    "LEVELS",
     "PARAMETERIZATIONS",
     "BetaGammaRange",
     "FakeQuantizer",
     "LayerSite",
+    "LevelQuantizer",
     "MSEEstimator",
     "MinMaxEstimator",
     "MinMaxRange",
@@ -58,6 +62,7 @@ __all__ = [
     "RangeParameterization",
     "RunningMinMaxEstimator",
     "ScaleOffsetRange",
+    "binarize",
     "fake_quant",
     "fake_quant_fixed",
     "grad_scale",
@@ -67,4 +72,5 @@ __all__ = [
     "qparams_from_range",
     "quant_range",
     "round_ste",
+    "ternarize",
 ]

@@ -24,7 +24,10 @@ from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 
 from quadapter.quant.diagnostics import OutlierStats
+from quadapter.quant.levels import LEVELS, TWN_THRESHOLD, LevelQuantizer
 from quadapter.quant.quantizer import FakeQuantizer
+
+WeightQuantizer = FakeQuantizer | LevelQuantizer
 
 LayerForward = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
@@ -36,9 +39,14 @@ def linear_forward(layer: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class QuantizerConfig:
-    """Everything a ``FakeQuantizer`` is built from, except the axis, which the site decides."""
+    """Everything a quantizer is built from, except the axis, which the site decides.
 
-    bits: int
+    ``bits`` is an integer bit-width (a uniform ``FakeQuantizer``) or, for weights, one of
+    ``LEVELS`` (a ``LevelQuantizer``: ternary or binary; symmetric, estimator and learnable do not
+    apply to it).
+    """
+
+    bits: int | str
     symmetric: bool = False
     granularity: str = "per_tensor"
     estimator: str = "minmax"
@@ -46,10 +54,14 @@ class QuantizerConfig:
     learnable: str = "none"
     sigmoid: bool = False
     group_size: int | None = None  # per_group only: input channels per range
+    threshold: float = TWN_THRESHOLD  # ternary only: Δ = threshold·mean|W|
 
-    def build(self, axis: int | None) -> FakeQuantizer:
+    def build(self, axis: int | None) -> WeightQuantizer:
         """``axis`` is used for ``per_channel`` and ``per_group`` only (weights: output channel;
         activations: -1)."""
+        if self.bits in LEVELS:
+            return LevelQuantizer(self.bits, self.granularity,
+                                  axis if self.granularity == "per_channel" else None, self.threshold)
         return FakeQuantizer(
             self.bits, self.symmetric, self.granularity,
             axis=axis if self.granularity in ("per_channel", "per_group") else None,
@@ -100,7 +112,7 @@ class QuantizedLayer(nn.Module):
         layer: nn.Module,
         forward: LayerForward,
         input_quantizer: FakeQuantizer | None,
-        weight_quantizer: FakeQuantizer | None,
+        weight_quantizer: WeightQuantizer | None,
         cache_weight: bool = True,
     ) -> None:
         super().__init__()
@@ -260,7 +272,7 @@ class QuantSim:
             raise
 
     # -- quantizers -------------------------------------------------------------------------
-    def weight_quantizers(self) -> dict[str, FakeQuantizer]:
+    def weight_quantizers(self) -> dict[str, WeightQuantizer]:
         return {f"{name}.weight": w.weight_quantizer for name, w in self.layers.items()
                 if w.weight_quantizer is not None}
 
@@ -271,7 +283,7 @@ class QuantSim:
         acts.update({f"{name}.output": m.output_quantizer for name, m in self.outputs.items()})
         return acts
 
-    def quantizers(self) -> dict[str, FakeQuantizer]:
+    def quantizers(self) -> dict[str, WeightQuantizer]:
         return {**self.weight_quantizers(), **self.activation_quantizers()}
 
     def enable(self, enabled: bool = True) -> QuantSim:

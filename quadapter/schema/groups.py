@@ -28,6 +28,8 @@ from quadapter.schema.fields import (
 )
 
 BITS = (2, 16)  # allowed bit-widths, inclusive
+WEIGHT_LEVELS = ("ternary", "binary")  # bits.weight names beside the bit-widths (quant.levels.LEVELS)
+LEVEL_GRANULARITIES = ("per_tensor", "per_channel")  # what ternary/binary weights take
 ARCHS = tuple(FAMILIES)  # model families; their site and region names are checked in relations.py
 ESTIMATORS = ("minmax", "running_minmax", "percentile", "mse")
 LEARNABLE = ("none", "scale_offset", "min_max", "beta_gamma")
@@ -49,6 +51,9 @@ PREQUANT_CRITERIA = ("activation", "weight_norm", "random")  # quadapter.methods
 SAMPLE_SEED = 0x5EED_C0DE  # quant/ranges.py's default sampling seed
 
 BITS_EXPECT = f"an integer in {BITS[0]}..{BITS[1]} or null"
+WEIGHT_BITS_EXPECT = f"an integer in {BITS[0]}..{BITS[1]}, {' or '.join(WEIGHT_LEVELS)}, or null"
+WEIGHT_BITS = Check(lambda v: v in WEIGHT_LEVELS or (isinstance(v, int) and not isinstance(v, bool)
+                                                     and BITS[0] <= v <= BITS[1]), WEIGHT_BITS_EXPECT)
 
 
 # ---- run level ---------------------------------------------------------------------------------
@@ -242,6 +247,8 @@ class WeightSide:
     symmetric: bool = knob()
     group_size: Optional[int] = knob(None, check=POSITIVE_INT,
                                      hint="input channels per range with granularity=per_group")
+    ternary_threshold: float = knob(0.7, check=NON_NEGATIVE,
+                                    hint="bits.weight=ternary: Δ = ternary_threshold·mean|W| (TWN: 0.7)")
 
 
 @dataclass
@@ -312,10 +319,11 @@ class Quantizer:
 @dataclass
 class Bits:
     name: str = knob(check=NON_EMPTY)
-    weight: Optional[int] = knob(None, check=in_range(*BITS), expect=BITS_EXPECT,
-                                 hint="weight bit-width; null = not quantized; e.g. bits=w4a8")
+    weight: Any = knob(None, check=WEIGHT_BITS, expect=WEIGHT_BITS_EXPECT,
+                       hint="weight bit-width or levels; null = not quantized; e.g. bits=w4a8, bits=wtern_a8")
     act: Optional[int] = knob(None, check=in_range(*BITS), expect=BITS_EXPECT,
-                              hint="activation bit-width; null = not quantized; e.g. bits=w8a4")
+                              hint="activation bit-width; null = not quantized; ternary and binary are "
+                                   "weight quantizers; e.g. bits=w8a4")
 
 
 SCALE_SITES_HINT = "the model family's scale regions, e.g. ln1_qkv, ln2_fc, v_proj (Llama also up_down)"

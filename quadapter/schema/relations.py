@@ -11,7 +11,14 @@ from typing import Any, Callable, Mapping
 
 from quadapter.models.arch import FAMILIES, LinearOutput
 from quadapter.schema.fields import Problems, list_problem, show
-from quadapter.schema.groups import EMBEDDED_DOMAINS, EMBEDDED_SPLITS, QUANTIZING_METHODS, TASK_HEADS
+from quadapter.schema.groups import (
+    EMBEDDED_DOMAINS,
+    EMBEDDED_SPLITS,
+    LEVEL_GRANULARITIES,
+    QUANTIZING_METHODS,
+    TASK_HEADS,
+    WEIGHT_LEVELS,
+)
 
 
 class _Skip(Exception):
@@ -95,17 +102,22 @@ def sigmoid_only_with_beta_gamma(v: View, p: Problems) -> None:
                   detail=f"quantizer.learnable={show(learnable)}")
 
 
+_LEVEL_NAMES = {"tern": "ternary", "bin": "binary"}  # the short forms in bits names
+
+
 @relation
 def bits_name_matches_bits(v: View, p: Problems) -> None:
     """The name labels runs, tags and tables: a w8a8 run must not be a W4A8 run in disguise."""
     if v("method.name") == "fp":  # fp records bits=fp whatever the bits group says
         return
     name, weight, act = v("bits.name"), v("bits.weight"), v("bits.act")
-    m = re.fullmatch(r"w(\d+)(?:a(\d+))?", name)  # w4a8, or w4: weight-only
-    if (name == "fp" and (weight, act) != (None, None)) or (
-            m and (weight, act) != (int(m[1]), m[2] and int(m[2]))):
-        right = "fp" if (weight, act) == (None, None) else f"w{weight}" if act is None else \
-            f"w{weight if weight is not None else 'fp'}a{act}"
+    m = re.fullmatch(r"w(\d+)(?:a(\d+))?|w(tern|bin)(?:_a(\d+))?", name)  # w4a8, w4, wtern_a8, wbin
+    named = m and ((int(m[1]), m[2] and int(m[2])) if m[1] else
+                   (_LEVEL_NAMES[m[3]], m[4] and int(m[4])))
+    if (name == "fp" and (weight, act) != (None, None)) or (m and (weight, act) != named):
+        short = {level: key for key, level in _LEVEL_NAMES.items()}.get(weight, weight)
+        right = "fp" if (weight, act) == (None, None) else f"w{short}" if act is None else \
+            f"w{short if weight is not None else 'fp'}{'_' if weight in _LEVEL_NAMES.values() else ''}a{act}"
         p.add("bits.name", f"bits.name={show(name)} does not match bits.weight={show(weight)}, "
                            f"bits.act={show(act)}: choose the preset (e.g. bits=w4a8) or also set "
                            f"bits.name={right} (it names the run in results, tags and tables)")
@@ -200,6 +212,26 @@ def linear_producers_need_fixed_per_channel_weight_ranges(v: View, p: Problems) 
                                f"quantizer.weight.granularity={show(granularity)}, quantizer.learnable="
                                f"{show(learnable)}: use quantizer=minmax (or mse, percentile) or drop "
                                f"{', '.join(linear)}")
+
+
+@relation
+def level_weights_take_their_scale_from_the_weights(v: View, p: Problems) -> None:
+    """Ternary/binary weights: α = a mean of |W| per tensor or channel, nothing to learn or group."""
+    levels = v("bits.weight")
+    if levels not in WEIGHT_LEVELS or v("method.name") not in QUANTIZING_METHODS:
+        return
+    if v("quantizer.name") == "none":
+        return  # quantizing_methods_need_bits_and_ranges reports it
+    learnable, granularity = v("quantizer.learnable"), v("quantizer.weight.granularity")
+    if learnable != "none":
+        p.add("quantizer.learnable", f"bits.weight={levels} takes its scale from the weights (mean "
+                                     f"|W|), not from a learnable range (quantizer.learnable="
+                                     f"{show(learnable)}): use quantizer=minmax or "
+                                     "quantizer.learnable=none")
+    if granularity not in LEVEL_GRANULARITIES:
+        p.add("quantizer.weight.granularity",
+              f"quantizer.weight.granularity={show(granularity)} with bits.weight={levels}: "
+              f"{levels} weights take per_tensor or per_channel (one α per tensor or output channel)")
 
 
 @relation
