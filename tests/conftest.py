@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -81,3 +82,66 @@ def run_context(cfg, model, tokenizer, run_dir, cache_dir, **kwargs):
     task = task_class(cfg)(cfg, model, tokenizer, cfg.paths.data_dir, cache_dir)
     return RunContext(cfg=cfg, model=model, tokenizer=tokenizer, run_dir=run_dir, cache_dir=cache_dir,
                       task=task, **kwargs)
+
+
+@pytest.fixture()
+def step_hook(monkeypatch):
+    """Pass every training loss through ``hook["fn"](module, loss)`` before the step checks it."""
+    from quadapter.methods.train_module import TrainModule
+
+    hook = {"fn": lambda module, loss: loss}
+    original = TrainModule.forward
+
+    def hooked(self, ids):
+        return hook["fn"](self, original(self, ids))
+
+    monkeypatch.setattr(TrainModule, "forward", hooked)
+    return hook
+
+
+def sigterm_once_at(step):
+    """A step hook that sends this process SIGTERM once, in the batch of global step ``step``."""
+    fired = []
+
+    def hook(module, loss):
+        if module.global_step == step and not fired:
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+    return hook
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A pretrained-encoder stand-in: a random 2-layer BertModel (with pooler, no classifier) and a
+    character-level WordPiece tokenizer, saved like all-MiniLM-L6-v2's directory."""
+    import string
+
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    chars = string.ascii_lowercase + string.digits + string.punctuation
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast.from_pretrained(out, do_lower_case=True).save_pretrained(out)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=48,
+                         num_hidden_layers=2, num_attention_heads=2,
+                         max_position_embeddings=96)).save_pretrained(out)
+    return out
+
+
+def glue_cfg_overrides(model_dir) -> list[str]:
+    return ["task=glue", f"model.name_or_path={model_dir}", "model.package=null", "model.name=tiny-bert",
+            f"paths.data_dir={SHARED_DATA}", "task.max_length=64", "task.finetune.steps=4",
+            "task.finetune.batch_size=8", "trainer.val_check_interval=2", "eval.val_max_examples=48",
+            "eval.train_eval_examples=16", "logger=csv", "trainer.enable_progress_bar=false"]
+
+
+def glue_cfg(model_dir, *overrides):
+    """A task=glue config on the shrunk BERT and the mirror's MRPC, a few steps of everything."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=[*glue_cfg_overrides(model_dir), *overrides])

@@ -4,11 +4,10 @@ fine-tuning, QAT, the curves, the report beside LM runs, and the one-line refusa
 from __future__ import annotations
 
 import json
-import string
 
 import pytest
 import torch
-from conftest import CONF, SHARED_DATA, needs_shared_data
+from conftest import CONF, SHARED_DATA, glue_cfg, glue_cfg_overrides, needs_shared_data
 from hydra import compose, initialize_config_dir
 
 from quadapter.data.glue import load_split, read_split, task
@@ -20,36 +19,6 @@ from quadapter.runner import format_results, run
 from quadapter.tasks.glue import GlueDataModule, cached_encode
 
 pytestmark = needs_shared_data
-
-
-@pytest.fixture(scope="module")
-def tiny_bert_dir(tmp_path_factory):
-    """A pretrained-encoder stand-in: a random 2-layer BertModel (with pooler, no classifier) and a
-    character-level WordPiece tokenizer, saved like all-MiniLM-L6-v2's directory."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    out = tmp_path_factory.mktemp("tiny-bert")
-    chars = string.ascii_lowercase + string.digits + string.punctuation
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
-    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast.from_pretrained(out, do_lower_case=True).save_pretrained(out)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=48,
-                         num_hidden_layers=2, num_attention_heads=2,
-                         max_position_embeddings=96)).save_pretrained(out)
-    return out
-
-
-def glue_cfg_overrides(model_dir) -> list[str]:
-    return ["task=glue", f"model.name_or_path={model_dir}", "model.package=null", "model.name=tiny-bert",
-            f"paths.data_dir={SHARED_DATA}", "task.max_length=64", "task.finetune.steps=4",
-            "task.finetune.batch_size=8", "trainer.val_check_interval=2", "eval.val_max_examples=48",
-            "eval.train_eval_examples=16", "logger=csv", "trainer.enable_progress_bar=false"]
-
-
-def glue_cfg(model_dir, *overrides):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides=[*glue_cfg_overrides(model_dir), *overrides])
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,13 @@
 """Failures lose nothing: resume rule, interrupts, non-finite training, reproducibility, recorded provenance."""
 
 import json
-import os
 import signal
 
 import pytest
-from conftest import CONF, SMALL_OVERRIDES
+from conftest import CONF, SMALL_OVERRIDES, sigterm_once_at
 from hydra import compose, initialize_config_dir
 
 from quadapter.errors import RunInterrupted, TrainingError, UserError
-from quadapter.methods.train_module import TrainModule
 from quadapter.report.load import read_metrics_csv
 from quadapter.resume import decide, previous_results
 from quadapter.runner import run
@@ -27,19 +25,6 @@ def make_cfg(*overrides, base=QAT):
 
 def read(run_dir):
     return json.loads((run_dir / "results.json").read_text())
-
-
-@pytest.fixture()
-def step_hook(monkeypatch):
-    """Pass every training loss through ``hook["fn"](module, loss)`` before the step checks it."""
-    hook = {"fn": lambda module, loss: loss}
-    original = TrainModule.forward
-
-    def hooked(self, ids):
-        return hook["fn"](self, original(self, ids))
-
-    monkeypatch.setattr(TrainModule, "forward", hooked)
-    return hook
 
 
 # --- the resume rule ---------------------------------------------------------------------------------
@@ -90,18 +75,6 @@ def test_config_differences_name_every_changed_added_or_removed_key_and_ignore_p
 
 
 # --- interrupts and non-finite training --------------------------------------------------------------
-
-def sigterm_once_at(step):
-    """A step hook that sends this process SIGTERM once, in the batch of global step ``step``."""
-    fired = []
-
-    def hook(module, loss):
-        if module.global_step == step and not fired:
-            fired.append(True)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return loss
-    return hook
-
 
 # steps 30, a curve point every 10: the interruption falls between curve points and checkpoints
 LONGER = {"qat": ["method.train.steps=30", "method.train.batch_size=2", "method.train.warmup_steps=2"],

@@ -417,6 +417,9 @@ def test_schema_names_equal_the_code_registries():
     from quadapter.quant import levels
 
     assert (groups.WEIGHT_LEVELS, groups.LEVEL_GRANULARITIES) == (levels.LEVELS, levels.LEVEL_GRANULARITIES)
+    from quadapter.methods import progressive
+
+    assert groups.PROGRESSIVE_STARTS == progressive.STARTS
     assert groups.ADAPTER_INITS == quadapter.INITS
     assert (groups.SOURCES, groups.LOCAL_FORMATS) == (corpora.SOURCES, corpora.LOCAL_FORMATS)
     assert (groups.EMBEDDED_DOMAINS, groups.EMBEDDED_SPLITS) == (embedded.DOMAINS, embedded.SPLITS)

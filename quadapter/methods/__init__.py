@@ -19,7 +19,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from quadapter.errors import ConfigError
-from quadapter.methods import fp, lora, prequant, ptq, qat, quadapter
+from quadapter.methods import fp, lora, prequant, progressive, ptq, qat, quadapter
 from quadapter.schema import validate
 from quadapter.tasks import Task
 
@@ -43,11 +43,12 @@ class RunContext:
 Method = Callable[[RunContext], nn.Module]
 METHODS: dict[str, Method] = {"fp": fp.apply, "ptq": ptq.apply, "qat": qat.apply,
                               "quadapter": quadapter.apply, "prequant": prequant.apply,
-                              "lora": lora.apply}
+                              "lora": lora.apply, "progressive": progressive.apply}
 CHECKS: dict[str, Callable[[DictConfig], None]] = {"ptq": ptq.check, "qat": qat.check,
                                                      "quadapter": quadapter.check,
                                                      "prequant": prequant.check,
-                                                     "lora": lora.check}
+                                                     "lora": lora.check,
+                                                     "progressive": progressive.check}
 
 
 def get_method(name: str) -> Method:

@@ -32,10 +32,11 @@ log = logging.getLogger(__name__)
 
 class Curves(Callback):
     """Logs the task's curve point (running train metric, held-out metrics) every
-    ``every_n_steps`` optimizer steps, before the first step and at the last."""
+    ``every_n_steps`` optimizer steps, before the first step and at the last; at ``step_offset`` +
+    the trainer's step (a later stage of a schedule continues the curve where the last one ended)."""
 
-    def __init__(self, task: Task, every_n_steps: int):
-        self.task, self.every_n_steps = task, every_n_steps
+    def __init__(self, task: Task, every_n_steps: int, step_offset: int = 0):
+        self.task, self.every_n_steps, self.step_offset = task, every_n_steps, step_offset
         self.history: list[dict[str, float]] = []
         self._loss_sum, self._loss_count = 0.0, 0
 
@@ -52,7 +53,7 @@ class Curves(Callback):
             self._evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.history or self.history[-1]["step"] != trainer.global_step:
+        if not self.history or self.history[-1]["step"] != self.step_offset + trainer.global_step:
             self._evaluate(trainer, pl_module)
 
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -60,18 +61,19 @@ class Curves(Callback):
         self._loss_sum, self._loss_count = 0.0, 0
         was_training = pl_module.training
         pl_module.eval()
-        row: dict[str, float] = {"step": trainer.global_step,
+        step = self.step_offset + trainer.global_step
+        row: dict[str, float] = {"step": step,
                                  **self.task.curve_point(pl_module.model, mean)}
         pl_module.train(was_training)
         self.history.append(row)
         bad = {k: v for k, v in row.items() if not math.isfinite(v)}
         if bad:  # the curve so far is kept (results.json training.curves); the run stops as failed
-            raise TrainingError(f"non-finite curve value at step {trainer.global_step}: "
+            raise TrainingError(f"non-finite curve value at step {step}: "
                                 f"{', '.join(f'{k}={v}' for k, v in bad.items())}; lower the learning "
                                 f"rates (method.lr.*) or check the quantizer ranges")
         for logger in trainer.loggers:
-            logger.log_metrics({k: v for k, v in row.items() if k != "step"}, step=trainer.global_step)
-        log.info("step %d: %s", trainer.global_step,
+            logger.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
+        log.info("step %d: %s", step,
                  ", ".join(f"{k}={v:.2f}" for k, v in row.items() if k != "step"))
 
     def state_dict(self) -> dict[str, Any]:  # the running train loss too: a resumed curve is exact
@@ -114,20 +116,21 @@ class StopOnSignal(Callback):
                                  f"{self.last}", name)
 
 
-def train(ctx, param_groups: list[dict], train_cfg, phase: str, config_key: str) -> dict[str, Any]:
+def train(ctx, param_groups: list[dict], train_cfg, phase: str, config_key: str,
+          step_offset: int = 0) -> dict[str, Any]:
     """Train ``ctx.model``'s ``param_groups`` on the task's loss and training data; returns the
     curve summary.
 
     ``train_cfg`` holds steps, batch_size and warmup_steps (LM: also train_tokens, the fine-tuning
     data size); ``config_key`` is where it lives (e.g. ``method.train``), for messages.
     Checkpoints go to ``<run dir>/checkpoints/<phase>``; a run restarted in the same dir resumes
-    from the last one.
+    from the last one. ``step_offset`` shifts the curve's steps (a schedule's later stages).
     """
     cfg, model, task = ctx.cfg, ctx.model, ctx.task
     data, data_info = task.train_data(train_cfg, cfg.seed, config_key)
     curve_splits = task.curve_sets()
     every = cfg.trainer.val_check_interval
-    curves = Curves(task, every)
+    curves = Curves(task, every, step_offset)
     ckpt_dir = Path(ctx.run_dir) / "checkpoints" / phase
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=every,
                                  save_top_k=0)

@@ -336,4 +336,11 @@ def _nested(f: Any, tp: Any, value: Any, parent: Mapping, full: str, walk: Walk
         values = {k: typed(args[1], v, _join(full, k), walk, meta.get("hint"))
                   for k, v in value.items()}
         return True, {k: v for k, v in values.items() if v is not None}
+    if typing.get_origin(base) is list and args and is_dataclass(args[0]) \
+            and isinstance(value, Sequence) and not isinstance(value, str):
+        if not value:
+            problems.invalid(full, [], "a non-empty list", meta.get("hint"))
+            return True, MISSING
+        items = [typed(args[0], v, f"{full}[{i}]", walk, meta.get("hint")) for i, v in enumerate(value)]
+        return True, [MISSING if v is None else v for v in items]
     return False, None

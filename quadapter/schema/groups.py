@@ -48,6 +48,7 @@ TASKS = ("lm", "glue")  # quadapter.tasks.TASKS; tests check they agree
 TASK_HEADS = {"lm": "causal_lm", "glue": "sequence_classification"}  # the model head each loads
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qnli", "rte")  # quadapter.data.glue.TASKS
 PREQUANT_CRITERIA = ("activation", "weight_norm", "random")  # quadapter.methods.prequant.CRITERIA
+PROGRESSIVE_STARTS = ("finetuned", "pretrained")  # quadapter.methods.progressive.STARTS
 SAMPLE_SEED = 0x5EED_C0DE  # quant/ranges.py's default sampling seed
 
 BITS_EXPECT = f"an integer in {BITS[0]}..{BITS[1]} or null"
@@ -455,9 +456,33 @@ class LoraMethod:
     train: Train = knob()
 
 
+@dataclass
+class Stage:
+    weight: Any = knob(None, check=WEIGHT_BITS, expect=WEIGHT_BITS_EXPECT)
+    act: Optional[int] = knob(None, check=in_range(*BITS), expect=BITS_EXPECT)
+    steps: int = knob(check=POSITIVE_INT)
+    lr: float = knob(check=POSITIVE, hint="peak AdamW lr of every weight in this stage")
+
+
+@dataclass
+class ProgressiveTrain:
+    batch_size: int = knob(check=POSITIVE_INT)
+    warmup_steps: int = knob(check=NON_NEGATIVE_INT)
+    train_tokens: Optional[int] = knob(None, check=POSITIVE_INT, hint="null = the whole train split")
+
+
+@dataclass
+class ProgressiveMethod:
+    name: str = knob()
+    start: str = knob(choices=PROGRESSIVE_STARTS)
+    weight_decay: float = knob(check=NON_NEGATIVE)
+    train: ProgressiveTrain = knob()
+    stages: List[Stage] = knob(factory=list, hint="a non-empty list of {weight, act, steps, lr}")
+
+
 METHODS = {"fp": FPMethod, "ptq": PTQMethod, "qat": QATMethod, "quadapter": QuadapterMethod,
-           "prequant": PreQuantMethod, "lora": LoraMethod}
-QUANTIZING_METHODS = ("ptq", "qat", "quadapter", "prequant", "lora")
+           "prequant": PreQuantMethod, "lora": LoraMethod, "progressive": ProgressiveMethod}
+QUANTIZING_METHODS = ("ptq", "qat", "quadapter", "prequant", "lora", "progressive")
 
 
 # ---- trainer, logger ---------------------------------------------------------------------------

@@ -235,6 +235,21 @@ def level_weights_take_their_scale_from_the_weights(v: View, p: Problems) -> Non
 
 
 @relation
+def progressive_ends_at_the_runs_bits(v: View, p: Problems) -> None:
+    """The run is labelled, tabled and compared by ``bits``: the model it scores is the last stage's."""
+    if v("method.name") != "progressive":
+        return
+    last = v("method.stages")[-1]
+    weight, act = v("bits.weight"), v("bits.act")
+    if (last.get("weight"), last.get("act")) != (weight, act):
+        p.add("method.stages", f"method.stages ends at weight={show(last.get('weight'))}, act="
+                               f"{show(last.get('act'))} but the run's bits are {v('bits.name')} "
+                               f"(weight={show(weight)}, act={show(act)}): the run is scored and "
+                               "labelled by its last stage; choose the matching bits= preset or end "
+                               "the stages there")
+
+
+@relation
 def group_size_goes_with_per_group(v: View, p: Problems) -> None:
     if v("quantizer.name") == "none":
         return

@@ -1,0 +1,91 @@
+"""method=progressive on a shrunk random BERT and the mirror's MRPC: the stages run in order from
+each other's weights, the curves continue across them, the last stage is what is scored, and a run
+killed inside a later stage resumes there and ends exactly where an unbroken one does."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import glue_cfg, needs_shared_data
+
+from quadapter.errors import ConfigError, RunInterrupted
+from quadapter.methods import check_config
+from quadapter.methods.progressive import stage_bits_name
+from quadapter.runner import run
+
+pytestmark = needs_shared_data
+
+STAGES = ("method.stages=[{weight: 8, act: null, steps: 2, lr: 1.0e-3},"
+          "{weight: ternary, act: null, steps: 3, lr: 1.0e-3},"
+          "{weight: binary, act: 8, steps: 2, lr: 1.0e-3}]")
+SMALL = ["method=progressive", STAGES, "method.train.batch_size=4", "method.train.warmup_steps=0",
+         "quantizer.calibration.blocks=8"]
+
+
+def test_stages_run_in_order_and_the_curve_runs_across_them(tiny_bert_dir, tmp_path):
+    res = run(glue_cfg(tiny_bert_dir, *SMALL), tmp_path)
+    assert res["status"] == "completed" and res["bits"] == "wbin_a8"
+    training = res["training"]
+    assert training["phase"] == "progressive" and training["steps"] == 4 + 2 + 3 + 2
+    stages = training["stages"]
+    assert [(s["stage"], s["bits"], s["start_step"], s["steps"]) for s in stages] == [
+        ("finetune", "fp", 0, 4), (0, "w8", 4, 2), (1, "wtern", 6, 3), (2, "wbin_a8", 9, 2)]
+    # each stage's curve starts where the last ended (the drop its lower bits cost shows there)
+    assert [p["step"] for p in training["curves"]] == [0, 2, 4, 4, 6, 6, 8, 9, 9, 11]
+    assert [s["model_size"]["bits_per_quantized_weight"] for s in stages[1:]] == sorted(
+        (s["model_size"]["bits_per_quantized_weight"] for s in stages[1:]), reverse=True)
+    size = stages[-1]["model_size"]
+    assert size == res["quantization"]["model_size"] and size["compression"] > 1
+    q = res["quantization"]
+    assert (q["bits"], q["weight"]["bits"]) == ({"weight": "binary", "act": 8}, "binary")
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "finetune", "stage0", "stage1", "stage2"]
+    assert all(0 <= v <= 100 for v in res["metrics"].values())
+
+
+def test_a_killed_run_resumes_in_the_stage_it_reached(tiny_bert_dir, tmp_path, step_hook):
+    calls = []
+
+    def kill_in_stage_one(module, loss):  # the 8th training batch: fine-tune 4, stage 0 2, stage 1's 2nd
+        import os
+        import signal
+
+        calls.append(1)
+        if len(calls) == 8:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    cfg = glue_cfg(tiny_bert_dir, *SMALL)
+    step_hook["fn"] = kill_in_stage_one
+    with pytest.raises(RunInterrupted, match="at step 2"):
+        run(cfg, tmp_path / "killed")
+    stopped = json.loads((tmp_path / "killed" / "results.json").read_text())
+    assert stopped["status"] == "interrupted"
+    step_hook["fn"] = lambda module, loss: (calls.append(1), loss)[1]
+    calls.clear()
+    resumed = run(cfg, tmp_path / "killed")
+    assert resumed["status"] == "completed"
+    assert len(calls) == 1 + 2  # stage 1's last step, stage 2: nothing finished was trained again
+    unbroken = run(cfg, tmp_path / "unbroken")
+    assert resumed["metrics"] == unbroken["metrics"]
+    assert resumed["training"]["curves"] == unbroken["training"]["curves"]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["bits=w4"], "method.stages ends at weight='binary', act=8 but the run's bits are w4"),
+    (["method.stages=[]"], "method.stages=[] is invalid: expected a non-empty list"),
+    (["method.stages.1.weight=5.5"], "method.stages[1].weight=5.5 is invalid: expected an integer in "
+                                     "2..16, ternary or binary, or null"),
+    (["method.stages.0.weight=null"], "quantizes nothing"),
+    (["quantizer=learned"], "bits.weight=binary takes its scale from the weights"),
+])
+def test_bad_schedules_are_refused_in_one_line(tiny_bert_dir, overrides, message):
+    with pytest.raises(ConfigError, match="config error") as e:
+        check_config(glue_cfg(tiny_bert_dir, "method=progressive", *overrides))
+    assert message in str(e.value)
+
+
+def test_stage_names_follow_the_bits_presets():
+    assert [stage_bits_name(w, a) for w, a in [(8, None), (2, 8), ("ternary", None), ("binary", 4)]] == [
+        "w8", "w2a8", "wtern", "wbin_a4"]
