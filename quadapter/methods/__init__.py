@@ -19,7 +19,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from quadapter.errors import ConfigError
-from quadapter.methods import fp, lora, prequant, progressive, ptq, qat, quadapter
+from quadapter.methods import distill, fp, lora, prequant, progressive, ptq, qat, quadapter
 from quadapter.schema import validate
 from quadapter.tasks import Task
 
@@ -66,3 +66,4 @@ def check_config(cfg: DictConfig) -> None:
     get_method(cfg.method.name)
     if cfg.method.name in CHECKS:
         CHECKS[cfg.method.name](cfg)
+    distill.check(cfg)  # a distillation teacher is a finished FP run of this task

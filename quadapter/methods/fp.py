@@ -7,10 +7,12 @@ Otherwise (``task=lm``) it is the model as loaded.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torch import nn
 
+from quadapter.methods.distill import TEACHER_DIR
 from quadapter.methods.train_module import weight_groups
 from quadapter.methods.training import train
 
@@ -26,7 +28,7 @@ def finetune(ctx: RunContext) -> dict | None:
     for p in ctx.model.parameters():
         p.requires_grad_(True)
     summary = train(ctx, weight_groups(ctx.model, spec.lr, spec.weight_decay), spec, "finetune",
-                    "task.finetune")
+                    "task.finetune", distill=False)
     for p in ctx.model.parameters():
         p.requires_grad_(False)
     return summary
@@ -36,4 +38,9 @@ def apply(ctx: RunContext) -> nn.Module:
     training = finetune(ctx)
     if training is not None:
         ctx.summary["training"] = training
+        if ctx.cfg.task.finetune.get("save"):  # a distillation teacher (distill=kd distill.teacher=<run dir>)
+            out = Path(ctx.run_dir) / TEACHER_DIR
+            ctx.model.save_pretrained(out)
+            ctx.tokenizer.save_pretrained(out)
+            ctx.summary["saved"] = str(out)
     return ctx.model

@@ -24,6 +24,7 @@ from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelChec
 from quadapter import interrupts
 from quadapter.checkpoints import check_checkpoint
 from quadapter.errors import RunInterrupted, TrainingError
+from quadapter.methods.distill import DistillationLoss, load_teacher
 from quadapter.methods.train_module import TrainModule
 from quadapter.tasks import Task
 
@@ -116,8 +117,18 @@ class StopOnSignal(Callback):
                                  f"{self.last}", name)
 
 
+def _loss(ctx, distill: bool):
+    """The task's loss, or the distillation loss where the run asks for one (``distill=kd``)."""
+    spec = ctx.cfg.get("distill")
+    if not distill or spec is None or spec.name == "none":
+        return ctx.task.loss
+    teacher, record = load_teacher(ctx.cfg, ctx.tokenizer, ctx.device)
+    ctx.summary["distill"] = record
+    return DistillationLoss(teacher, spec.temperature, **spec.weights)
+
+
 def train(ctx, param_groups: list[dict], train_cfg, phase: str, config_key: str,
-          step_offset: int = 0) -> dict[str, Any]:
+          step_offset: int = 0, distill: bool = True) -> dict[str, Any]:
     """Train ``ctx.model``'s ``param_groups`` on the task's loss and training data; returns the
     curve summary.
 
@@ -125,6 +136,8 @@ def train(ctx, param_groups: list[dict], train_cfg, phase: str, config_key: str,
     data size); ``config_key`` is where it lives (e.g. ``method.train``), for messages.
     Checkpoints go to ``<run dir>/checkpoints/<phase>``; a run restarted in the same dir resumes
     from the last one. ``step_offset`` shifts the curve's steps (a schedule's later stages).
+    ``distill``: train on the distillation loss when the run configures one (``distill=kd``);
+    False for the FP fine-tuning a teacher is made of.
     """
     cfg, model, task = ctx.cfg, ctx.model, ctx.task
     data, data_info = task.train_data(train_cfg, cfg.seed, config_key)
@@ -135,7 +148,7 @@ def train(ctx, param_groups: list[dict], train_cfg, phase: str, config_key: str,
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=every,
                                  save_top_k=0)
     module = TrainModule(model, param_groups, total_steps=train_cfg.steps,
-                         warmup_steps=train_cfg.warmup_steps, loss=task.loss)
+                         warmup_steps=train_cfg.warmup_steps, loss=_loss(ctx, distill))
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
         precision=cfg.trainer.precision, max_steps=train_cfg.steps,

@@ -227,6 +227,7 @@ class Finetune:
     warmup_steps: int = knob(check=NON_NEGATIVE_INT)
     lr: float = knob(check=POSITIVE, hint="peak AdamW lr")
     weight_decay: float = knob(check=NON_NEGATIVE)
+    save: bool = knob(False, hint="method=fp: save the fine-tuned model as a distillation teacher")
 
 
 @dataclass
@@ -525,6 +526,30 @@ def _ignores_quantizer(cfg: Any) -> bool:
 
 
 @dataclass
+class NoDistill:
+    name: str = knob()
+
+
+@dataclass
+class DistillWeights:
+    task: float = knob(check=NON_NEGATIVE)
+    logits: float = knob(check=NON_NEGATIVE)
+    hidden: float = knob(check=NON_NEGATIVE, hint="0 = no hidden-state term")
+
+
+@dataclass
+class KnowledgeDistill:
+    name: str = knob()
+    teacher: Optional[str] = knob(None, hint="a completed method=fp run dir saved with task.finetune.save=true")
+    temperature: float = knob(check=POSITIVE)
+    weights: DistillWeights = knob()
+
+
+DISTILLS = {"none": NoDistill, "kd": KnowledgeDistill}
+DISTILLING_METHODS = ("qat", "progressive", "prequant", "lora")  # the methods that train on GLUE
+
+
+@dataclass
 class Config:
     seed: int = knob(check=SEED)
     run_name: str = knob(check=NON_EMPTY)
@@ -538,5 +563,6 @@ class Config:
     bits: Bits = knob()
     adapter: Any = knob(variants=ADAPTERS, tag="name")
     method: Any = knob(variants=METHODS, tag="name")
+    distill: Any = knob(None, variants=DISTILLS, tag="name", hint="conf/distill: none | kd")
     trainer: Trainer = knob()
     logger: Logger = knob()

@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 from quadapter.models.arch import FAMILIES, LinearOutput
 from quadapter.schema.fields import Problems, list_problem, show
 from quadapter.schema.groups import (
+    DISTILLING_METHODS,
     EMBEDDED_DOMAINS,
     EMBEDDED_SPLITS,
     LEVEL_GRANULARITIES,
@@ -247,6 +248,21 @@ def progressive_ends_at_the_runs_bits(v: View, p: Problems) -> None:
                                f"(weight={show(weight)}, act={show(act)}): the run is scored and "
                                "labelled by its last stage; choose the matching bits= preset or end "
                                "the stages there")
+
+
+@relation
+def distillation_fits_the_method_and_task(v: View, p: Problems) -> None:
+    """``distill=kd`` trains a GLUE student on an FP teacher's outputs: a training method on GLUE."""
+    if v("distill.name") == "none":
+        return
+    method, task = v("method.name"), v("task.name")
+    if task != "glue" or method not in DISTILLING_METHODS:
+        p.add("distill", f"distill=kd with task={task} method={method}: distillation trains a GLUE "
+                         f"model on an FP teacher's outputs, so it needs task=glue and one of the "
+                         f"methods that train ({', '.join(DISTILLING_METHODS)}); use distill=none")
+    elif v("distill.teacher") is None:
+        p.add("distill.teacher", "distill=kd needs distill.teacher: the run dir of a completed "
+                                 "method=fp task=glue run saved with task.finetune.save=true")
 
 
 @relation
