@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import glue_cfg, needs_shared_data
 
 from quadapter.errors import ConfigError, RunInterrupted
@@ -79,6 +80,8 @@ def test_a_killed_run_resumes_in_the_stage_it_reached(tiny_bert_dir, tmp_path, s
                                      "2..16, ternary or binary, or null"),
     (["method.stages.0.weight=null"], "quantizes nothing"),
     (["quantizer=learned"], "bits.weight=binary takes its scale from the weights"),
+    (["method.stages.2.augment=true"], "method.stages [2] ask for augmented data (augment: true) but "
+                                       "task=glue has no augmenter"),
 ])
 def test_bad_schedules_are_refused_in_one_line(tiny_bert_dir, overrides, message):
     with pytest.raises(ConfigError, match="config error") as e:
@@ -89,3 +92,40 @@ def test_bad_schedules_are_refused_in_one_line(tiny_bert_dir, overrides, message
 def test_stage_names_follow_the_bits_presets():
     assert [stage_bits_name(w, a) for w, a in [(8, None), (2, 8), ("ternary", None), ("binary", 4)]] == [
         "w8", "w2a8", "wtern", "wbin_a4"]
+
+
+def test_token_masking_masks_only_ordinary_tokens_reproducibly(tiny_bert_dir):
+    from transformers import AutoTokenizer
+
+    from quadapter.data.augment import TokenMasking
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    inputs = dict(tok(["the cat sat on the mat", "a dog"], ["it did", "ok"], padding=True, return_tensors="pt"))
+    special = torch.tensor(tok.all_special_ids)
+    ordinary = ~torch.isin(inputs["input_ids"], special) & inputs["attention_mask"].bool()
+    everything = TokenMasking(1.0, tok.mask_token_id, tok.all_special_ids, seed=0)(inputs, [3, 4])["input_ids"]
+    assert torch.equal(everything == tok.mask_token_id, ordinary)  # [CLS], [SEP], padding untouched
+    assert torch.equal(TokenMasking(0.0, tok.mask_token_id, tok.all_special_ids, 0)(inputs, [3, 4])["input_ids"],
+                       inputs["input_ids"])
+    half = TokenMasking(0.5, tok.mask_token_id, tok.all_special_ids, seed=0)
+    a, b = half(inputs, [3, 4])["input_ids"], half(inputs, [3, 4])["input_ids"]
+    assert torch.equal(a, b)  # the batch's examples and the seed decide the mask: resumable
+    assert not torch.equal(a, half(inputs, [4, 3])["input_ids"])
+    share = (a == tok.mask_token_id).sum() / ordinary.sum()
+    assert 0.2 < share < 0.8
+
+
+def test_an_augmented_stage_trains_on_masked_batches(tiny_bert_dir, tmp_path):
+    stages = ("method.stages=[{weight: 4, act: null, steps: 2, lr: 1.0e-3, augment: true},"
+              "{weight: binary, act: 8, steps: 2, lr: 1.0e-3}]")
+    common = ["method=progressive", stages, "method.train.batch_size=4", "method.train.warmup_steps=0",
+              "quantizer.calibration.blocks=8", "task.finetune.steps=2"]
+    masked = run(glue_cfg(tiny_bert_dir, *common, "task.augment.name=token_mask", "task.augment.prob=0.5"),
+                 tmp_path / "masked")
+    plain = run(glue_cfg(tiny_bert_dir, *common, stages.replace("augment: true", "augment: false")),
+                tmp_path / "plain")
+    assert [s.get("augment") for s in masked["training"]["stages"][1:]] == [True, False]
+    m, p = masked["training"]["curves"], plain["training"]["curves"]
+    assert [r["step"] for r in m] == [0, 2, 2, 4, 4, 6]
+    assert m[:3] == p[:3]  # fine-tuning and stage 0's first point: the same model
+    assert m[3]["train/loss_mean"] != p[3]["train/loss_mean"]  # stage 0 trained on other (masked) batches

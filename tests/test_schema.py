@@ -420,6 +420,9 @@ def test_schema_names_equal_the_code_registries():
     from quadapter.methods import progressive
 
     assert groups.PROGRESSIVE_STARTS == progressive.STARTS
+    from quadapter.data.augment import AUGMENTERS
+
+    assert groups.AUGMENTERS == AUGMENTERS
     assert groups.ADAPTER_INITS == quadapter.INITS
     assert (groups.SOURCES, groups.LOCAL_FORMATS) == (corpora.SOURCES, corpora.LOCAL_FORMATS)
     assert (groups.EMBEDDED_DOMAINS, groups.EMBEDDED_SPLITS) == (embedded.DOMAINS, embedded.SPLITS)

@@ -88,11 +88,13 @@ def apply(ctx: RunContext) -> nn.Module:
                  stage_cfg.bits.name, spec.steps, offset)
         train_cfg = OmegaConf.create({"steps": spec.steps, "batch_size": method.train.batch_size,
                                       "warmup_steps": method.train.warmup_steps,
-                                      "train_tokens": method.train.train_tokens})
+                                      "train_tokens": method.train.train_tokens,
+                                      "augment": bool(spec.get("augment", False))})
         training = train(stage_ctx, groups, train_cfg, f"stage{k}", f"method.stages[{k}]",
                          step_offset=offset)
         curves += training["curves"]
         stages.append({"stage": k, "bits": stage_cfg.bits.name, "start_step": offset, "steps": spec.steps,
+                       "augment": bool(spec.get("augment", False)),
                        "model_size": ctx.summary["quantization"]["model_size"]})
         offset += spec.steps
     for p in ctx.model.parameters():

@@ -48,7 +48,8 @@ TASKS = ("lm", "glue")  # quadapter.tasks.TASKS; tests check they agree
 TASK_HEADS = {"lm": "causal_lm", "glue": "sequence_classification"}  # the model head each loads
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qnli", "rte")  # quadapter.data.glue.TASKS
 PREQUANT_CRITERIA = ("activation", "weight_norm", "random")  # quadapter.methods.prequant.CRITERIA
-PROGRESSIVE_STARTS = ("finetuned", "pretrained")  # quadapter.methods.progressive.STARTS
+PROGRESSIVE_STARTS = ("finetuned", "pretrained")
+AUGMENTERS = ("none", "token_mask")  # quadapter.data.augment.AUGMENTERS  # quadapter.methods.progressive.STARTS
 SAMPLE_SEED = 0x5EED_C0DE  # quant/ranges.py's default sampling seed
 
 BITS_EXPECT = f"an integer in {BITS[0]}..{BITS[1]} or null"
@@ -231,11 +232,18 @@ class Finetune:
 
 
 @dataclass
+class Augment:
+    name: str = knob(choices=AUGMENTERS)
+    prob: float = knob(0.15, check=UNIT_INTERVAL, hint="token_mask: share of ordinary tokens masked")
+
+
+@dataclass
 class GlueTaskConfig:
     name: str = knob(choices=TASKS)
     max_length: int = knob(check=at_least(2), hint="tokens per example (pairs truncated together)")
     holdout_examples: int = knob(0, check=NON_NEGATIVE_INT, hint="0 = the curves score dev")
     finetune: Finetune = knob()
+    augment: Optional[Augment] = knob(None, hint="the training-set augmenter stages with augment: true use")
 
 
 TASK_CONFIGS = {"lm": LMTask, "glue": GlueTaskConfig}
@@ -463,6 +471,7 @@ class Stage:
     act: Optional[int] = knob(None, check=in_range(*BITS), expect=BITS_EXPECT)
     steps: int = knob(check=POSITIVE_INT)
     lr: float = knob(check=POSITIVE, hint="peak AdamW lr of every weight in this stage")
+    augment: bool = knob(False, hint="train this stage on task.augment's augmented batches (GLUE)")
 
 
 @dataclass

@@ -266,6 +266,20 @@ def distillation_fits_the_method_and_task(v: View, p: Problems) -> None:
 
 
 @relation
+def augmented_stages_need_an_augmenter(v: View, p: Problems) -> None:
+    if v("method.name") != "progressive":
+        return
+    wanted = [k for k, stage in enumerate(v("method.stages")) if stage.get("augment")]
+    if not wanted:
+        return
+    augment = v("task.augment") if v("task.name") == "glue" else None
+    if augment is None or augment.get("name") == "none":
+        p.add("method.stages", f"method.stages {wanted} ask for augmented data (augment: true) but "
+                               f"task={v('task.name')} has no augmenter: on task=glue set "
+                               "task.augment.name=token_mask, or set augment: false")
+
+
+@relation
 def group_size_goes_with_per_group(v: View, p: Problems) -> None:
     if v("quantizer.name") == "none":
         return

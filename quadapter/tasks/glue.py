@@ -34,6 +34,7 @@ from quadapter.data.glue import GlueSplit, GlueTask
 from quadapter.errors import ConfigError
 from quadapter.models import arch as families
 from quadapter.tasks.base import Task, device_of
+from quadapter.data.augment import make_augmenter
 from quadapter.data.tokens import tokenizer_fingerprint
 
 DIRECTION = "maximize"  # every GLUE metric: higher is better
@@ -164,14 +165,17 @@ class GlueDataModule(pl.LightningDataModule):
     """``num_samples`` training examples in seeded epochs (each a fresh permutation), batches
     padded to their longest example; resumable mid-epoch like the LM blocks (``ResumableLoader``)."""
 
-    def __init__(self, data: Encoded, tokenizer, batch_size: int, num_samples: int, seed: int):
+    def __init__(self, data: Encoded, tokenizer, batch_size: int, num_samples: int, seed: int,
+                 augment=None):
         super().__init__()
-        self.data, self.tokenizer = data, tokenizer
+        self.data, self.tokenizer, self.augment = data, tokenizer, augment
         self.batch_size, self.num_samples, self.seed = batch_size, num_samples, seed
 
     def collate(self, idx: list[int]):
-        inputs = self.tokenizer.pad([self.data.features[i] for i in idx], return_tensors="pt")
-        return dict(inputs), self.data.labels[idx]
+        inputs = dict(self.tokenizer.pad([self.data.features[i] for i in idx], return_tensors="pt"))
+        if self.augment is not None:  # quadapter.data.augment: seeded by the batch's examples
+            inputs = self.augment(inputs, idx)
+        return inputs, self.data.labels[idx]
 
     def train_dataloader(self) -> DataLoader:
         gen = torch.Generator().manual_seed(self.seed)
@@ -267,8 +271,13 @@ class Glue(Task):
     def train_data(self, train_cfg: Mapping[str, Any], seed: int,
                    context: str) -> tuple[pl.LightningDataModule, dict[str, Any]]:
         samples = train_cfg["steps"] * train_cfg["batch_size"]
-        data = GlueDataModule(self.train, self.tokenizer, train_cfg["batch_size"], samples, seed)
-        return data, {"train_examples": len(self.train), "epochs": round(samples / len(self.train), 3)}
+        augment = make_augmenter(self.cfg.task.get("augment"), self.tokenizer, seed) \
+            if train_cfg.get("augment") else None
+        data = GlueDataModule(self.train, self.tokenizer, train_cfg["batch_size"], samples, seed, augment)
+        info = {"train_examples": len(self.train), "epochs": round(samples / len(self.train), 3)}
+        if augment is not None:
+            info["augment"] = dict(self.cfg.task.augment)
+        return data, info
 
     def curve_sets(self) -> dict[str, str]:
         """Held-out: the train slice held out (``task.holdout_examples``) or dev, its first
