@@ -39,7 +39,7 @@ def test_ptq_defaults_to_w8a8_minmax_and_takes_explicit_choices():
 BAD_CONFIGS = [
     (["bits=fp"], "bits=fp quantizes nothing: choose quantized bits, e.g. bits=w8a8"),
     (["quantizer=none"], "quantizer=none has no quantization ranges: choose quantizer=minmax"),
-    (["bits.weight=17"], "bits.weight=17 is invalid: expected an integer in 2..16 or null"),
+    (["bits.weight=17"], "bits.weight=17 is invalid: expected an integer in 2..16, ternary or binary, or null"),
     (["bits.act=1"], "bits.act=1 is invalid: expected an integer in 2..16"),
     (["bits.act='8'"], "bits.act='8' is invalid"),
     (["quantizer.weight.granularity=per_token"],
