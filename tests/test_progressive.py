@@ -12,7 +12,7 @@ from conftest import glue_cfg, needs_shared_data
 
 from quadapter.errors import ConfigError, RunInterrupted
 from quadapter.methods import check_config
-from quadapter.methods.progressive import stage_bits_name
+from quadapter.schema.groups import bits_name as stage_bits_name
 from quadapter.runner import run
 
 pytestmark = needs_shared_data

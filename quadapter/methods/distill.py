@@ -15,6 +15,7 @@ the FP fine-tuning a method starts from does not (it is what a teacher is made o
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -62,20 +63,27 @@ def check(cfg: DictConfig) -> None:
         teacher_run(cfg)
 
 
-def load_teacher(cfg: DictConfig, tokenizer, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """The teacher in eval mode without gradients, and what the run records about it."""
+@functools.lru_cache(maxsize=1)
+def _saved_teacher(path: str, device: str, saved_at: int) -> tuple[nn.Module, str]:
+    """The saved model (frozen, eval mode) and its tokenizer's fingerprint, read once per run:
+    a progressive run's stages all distil from it (``saved_at``: a re-saved teacher is re-read)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    teacher = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher, tokenizer_fingerprint(AutoTokenizer.from_pretrained(path))
+
+
+def load_teacher(cfg: DictConfig, tokenizer, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """The teacher in eval mode without gradients, and what the run records about it."""
     run_dir, results = teacher_run(cfg)
-    path = run_dir / TEACHER_DIR
-    theirs = tokenizer_fingerprint(AutoTokenizer.from_pretrained(path))
+    path = (run_dir / TEACHER_DIR).resolve()
+    teacher, theirs = _saved_teacher(str(path), str(device), (path / "config.json").stat().st_mtime_ns)
     if theirs != tokenizer_fingerprint(tokenizer):
         raise ConfigError(f"config error: distill.teacher={cfg.distill.teacher} uses another tokenizer "
                           f"than this run's model ({cfg.model.name}): teacher and student must read the "
                           "same token ids; fine-tune the teacher from the same model")
-    teacher = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).to(device).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
     record = {"teacher": str(run_dir), "teacher_metrics": results.get("metrics"),
               "temperature": cfg.distill.temperature, "weights": dict(cfg.distill.weights)}
     return teacher, record

@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from quadapter.errors import ConfigError
-from quadapter.methods import ptq
+from quadapter.methods import ptq, qat
 from quadapter.methods.fp import finetune
 from quadapter.methods.quant_config import quant_settings
-from quadapter.methods.train_module import weight_groups
 from quadapter.methods.training import train
+from quadapter.schema.groups import bits_name
 
 if TYPE_CHECKING:
     from quadapter.methods import RunContext
@@ -38,20 +38,11 @@ log = logging.getLogger(__name__)
 STARTS = ("finetuned", "pretrained")
 
 
-def stage_bits_name(weight: Any, act: Any) -> str:
-    """``w4``, ``w2a8``, ``wtern``, ``wbin_a8``: the bits presets' naming."""
-    short = {"ternary": "tern", "binary": "bin"}.get(weight, weight)
-    if weight is None:
-        return f"wfpa{act}" if act is not None else "fp"
-    sep = "_" if weight in ("ternary", "binary") else ""
-    return f"w{short}" if act is None else f"w{short}{sep}a{act}"
-
-
 def stage_configs(cfg: DictConfig) -> list[DictConfig]:
     """One run config per stage: the run's, with ``bits`` set to the stage's."""
     out = []
     for stage in cfg.method.stages:
-        bits = {"name": stage_bits_name(stage.weight, stage.act), "weight": stage.weight, "act": stage.act}
+        bits = {"name": bits_name(stage.weight, stage.act), "weight": stage.weight, "act": stage.act}
         out.append(OmegaConf.merge(cfg, {"bits": bits}))
     return out
 
@@ -80,21 +71,19 @@ def apply(ctx: RunContext) -> nn.Module:
             sim.remove()  # the trained weights stay; the next stage quantizes them afresh
         stage_ctx = dataclasses.replace(ctx, cfg=stage_cfg)
         sim = ptq.quantize(stage_ctx, "progressive")
-        quantizer_params = {id(p) for q in sim.quantizers().values() for p in q.parameters()}
-        for p in ctx.model.parameters():
-            p.requires_grad_(id(p) not in quantizer_params)
-        groups = weight_groups(ctx.model, spec.lr, method.weight_decay)
+        groups = qat.model_weight_groups(ctx.model, sim, spec.lr, method.weight_decay)
+        augment = bool(spec.get("augment", False))
         log.info("progressive stage %d/%d: %s, %d steps from step %d", k + 1, len(method.stages),
                  stage_cfg.bits.name, spec.steps, offset)
         train_cfg = OmegaConf.create({"steps": spec.steps, "batch_size": method.train.batch_size,
                                       "warmup_steps": method.train.warmup_steps,
                                       "train_tokens": method.train.train_tokens,
-                                      "augment": bool(spec.get("augment", False))})
+                                      "augment": augment})
         training = train(stage_ctx, groups, train_cfg, f"stage{k}", f"method.stages[{k}]",
                          step_offset=offset)
         curves += training["curves"]
         stages.append({"stage": k, "bits": stage_cfg.bits.name, "start_step": offset, "steps": spec.steps,
-                       "augment": bool(spec.get("augment", False)),
+                       "augment": augment,
                        "model_size": ctx.summary["quantization"]["model_size"]})
         offset += spec.steps
     for p in ctx.model.parameters():

@@ -14,6 +14,7 @@ from torch import nn
 from quadapter.methods import ptq
 from quadapter.methods.train_module import weight_groups
 from quadapter.methods.training import train
+from quadapter.quant.sim import QuantSim
 
 if TYPE_CHECKING:
     from quadapter.methods import RunContext
@@ -24,16 +25,23 @@ def check(cfg) -> None:
     ptq.check(cfg, "qat")
 
 
+def model_weight_groups(model: nn.Module, sim: QuantSim, lr: float, weight_decay: float) -> list[dict]:
+    """Every model weight trainable (the quantizers' own parameters not among them), as AdamW
+    groups: what QAT and each progressive stage train through the STE."""
+    quantizer_params = {id(p) for q in sim.quantizers().values() for p in q.parameters()}
+    for p in model.parameters():
+        if id(p) not in quantizer_params:
+            p.requires_grad_(True)
+    groups = weight_groups(model, lr, weight_decay)
+    for g in groups:
+        g["params"] = [p for p in g["params"] if id(p) not in quantizer_params]
+    return groups
+
+
 def apply(ctx: RunContext) -> nn.Module:
     cfg = ctx.cfg
     sim = ptq.quantize(ctx, "qat")
-    quantizer_params = {id(p) for q in sim.quantizers().values() for p in q.parameters()}
-    model_weights = [p for p in ctx.model.parameters() if id(p) not in quantizer_params]
-    for p in model_weights:
-        p.requires_grad_(True)
-    groups = [g for g in weight_groups(ctx.model, cfg.method.lr.weights, cfg.method.weight_decay)]
-    for g in groups:
-        g["params"] = [p for p in g["params"] if id(p) not in quantizer_params]
+    groups = model_weight_groups(ctx.model, sim, cfg.method.lr.weights, cfg.method.weight_decay)
     ranges = [p for q in sim.quantizers().values() for p in q.range_parameters()]
     groups.append({"name": "ranges", "params": ranges, "lr": cfg.method.lr.ranges, "weight_decay": 0.0})
     ctx.summary["training"] = train(ctx, groups, cfg.method.train, "e2e", "method.train")

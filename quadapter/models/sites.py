@@ -100,6 +100,6 @@ def quant_sites(model: nn.Module, names: Sequence[str] | None) -> Sites:
 
 
 def site_module_name(model: nn.Module, block_name: str, site: str) -> str:
-    """The full module name of a block site (``model.layers.0`` + ``q_proj`` ->
-    ``model.layers.0.self_attn.q_proj``)."""
+    """The full module name of a block site: the block's name + the path the family's adapter
+    declares for the site (``models/arch``)."""
     return f"{block_name}.{for_model(model).block_sites[site]}"

@@ -53,6 +53,16 @@ AUGMENTERS = ("none", "token_mask")  # quadapter.data.augment.AUGMENTERS  # quad
 SAMPLE_SEED = 0x5EED_C0DE  # quant/ranges.py's default sampling seed
 
 BITS_EXPECT = f"an integer in {BITS[0]}..{BITS[1]} or null"
+LEVEL_SHORT = {"ternary": "tern", "binary": "bin"}  # how bits names spell the weight levels
+
+
+def bits_name(weight: Any, act: Any) -> str:
+    """The bits presets' name of a (weight, act) pair: ``fp``, ``w4``, ``w4a8``, ``wfpa8``,
+    ``wtern``, ``wbin_a8`` (levels take an underscore before the activation bits)."""
+    if (weight, act) == (None, None):
+        return "fp"
+    short = "fp" if weight is None else LEVEL_SHORT.get(weight, weight)
+    return f"w{short}" if act is None else f"w{short}{'_' if weight in LEVEL_SHORT else ''}a{act}"
 WEIGHT_BITS_EXPECT = f"an integer in {BITS[0]}..{BITS[1]}, {' or '.join(WEIGHT_LEVELS)}, or null"
 WEIGHT_BITS = Check(lambda v: v in WEIGHT_LEVELS or (isinstance(v, int) and not isinstance(v, bool)
                                                      and BITS[0] <= v <= BITS[1]), WEIGHT_BITS_EXPECT)

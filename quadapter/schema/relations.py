@@ -19,6 +19,7 @@ from quadapter.schema.groups import (
     QUANTIZING_METHODS,
     TASK_HEADS,
     WEIGHT_LEVELS,
+    bits_name,
 )
 
 
@@ -103,9 +104,6 @@ def sigmoid_only_with_beta_gamma(v: View, p: Problems) -> None:
                   detail=f"quantizer.learnable={show(learnable)}")
 
 
-_LEVEL_NAMES = {"tern": "ternary", "bin": "binary"}  # the short forms in bits names
-
-
 @relation
 def bits_name_matches_bits(v: View, p: Problems) -> None:
     """The name labels runs, tags and tables: a w8a8 run must not be a W4A8 run in disguise."""
@@ -113,12 +111,8 @@ def bits_name_matches_bits(v: View, p: Problems) -> None:
         return
     name, weight, act = v("bits.name"), v("bits.weight"), v("bits.act")
     m = re.fullmatch(r"w(\d+)(?:a(\d+))?|w(tern|bin)(?:_a(\d+))?", name)  # w4a8, w4, wtern_a8, wbin
-    named = m and ((int(m[1]), m[2] and int(m[2])) if m[1] else
-                   (_LEVEL_NAMES[m[3]], m[4] and int(m[4])))
-    if (name == "fp" and (weight, act) != (None, None)) or (m and (weight, act) != named):
-        short = {level: key for key, level in _LEVEL_NAMES.items()}.get(weight, weight)
-        right = "fp" if (weight, act) == (None, None) else f"w{short}" if act is None else \
-            f"w{short if weight is not None else 'fp'}{'_' if weight in _LEVEL_NAMES.values() else ''}a{act}"
+    if (name == "fp" and (weight, act) != (None, None)) or (m and name != bits_name(weight, act)):
+        right = bits_name(weight, act)
         p.add("bits.name", f"bits.name={show(name)} does not match bits.weight={show(weight)}, "
                            f"bits.act={show(act)}: choose the preset (e.g. bits=w4a8) or also set "
                            f"bits.name={right} (it names the run in results, tags and tables)")
