@@ -380,6 +380,7 @@ def sweep(params) -> list[list[str]]:
 
 
 METHOD_OF_ADAPTER = {"quadapter": "method=quadapter", "smoothquant": "method=ptq"}
+NEEDS = {"distill=kd": ["task=glue", "method=qat", "distill.teacher=runs/teacher"]}  # options that only validate beside others
 GLUE_OPTIONS = {"eval=glue", "method=prequant", "compare=prequant", "model=minilm-l6",
                 "model=bert-base-uncased", "model=roberta-base"}  # and dataset=glue_*: task=glue's
 
@@ -392,6 +393,7 @@ def test_every_shipped_option_and_experiment_sweep_validates(group, option):
     extra = [METHOD_OF_ADAPTER[option]] if group == "adapter" and option in METHOD_OF_ADAPTER else []
     if f"{group}={option}" in GLUE_OPTIONS or (group == "dataset" and option.startswith("glue_")):
         extra.append("task=glue")
+    extra += NEEDS.get(f"{group}={option}", [])
     cfg = make(f"{group}={option}", *extra, hydra_config=group == "experiment")
     if group == "experiment" and cfg.hydra.sweeper.get("params"):
         for combo in sweep(cfg.hydra.sweeper.params):
