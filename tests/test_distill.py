@@ -149,3 +149,21 @@ def test_distillation_outside_glue_training_is_refused():
         cfg = compose("config", overrides=["method=qat", "distill=kd", "distill.teacher=/x"])
     with pytest.raises(ConfigError, match="distill=kd with task=lm method=qat"):
         check_config(cfg)
+
+
+@needs_shared_data
+def test_ptq_from_a_saved_finetuning_equals_ptq_that_finetunes_again(tiny_bert_dir, teacher_run, tmp_path):
+    """task.finetune.load: the same seed's saved FP fine-tuning replaces fine-tuning again, exactly."""
+    ptq = ["method=ptq", "bits=w4", "quantizer.calibration.blocks=8"]
+    again = run(glue_cfg(tiny_bert_dir, *ptq), tmp_path / "again")
+    loaded = run(glue_cfg(tiny_bert_dir, *ptq, f"task.finetune.load={teacher_run}"), tmp_path / "loaded")
+    assert loaded["status"] == again["status"] == "completed"
+    assert loaded["metrics"] == again["metrics"]
+    assert loaded["training"]["loaded"] == str(teacher_run) and loaded["training"]["steps"] == 0
+    assert again["training"]["steps"] > 0
+    # fp ignores it (fp makes the saved fine-tuning); a method that starts from pretrained refuses it
+    check_config(glue_cfg(tiny_bert_dir, f"task.finetune.load={tmp_path / 'nowhere'}"))
+    with pytest.raises(ConfigError, match="task.finetune.load applies to the methods that start from"):
+        check_config(glue_cfg(tiny_bert_dir, "method=qat", "bits=w4", f"task.finetune.load={teacher_run}"))
+    with pytest.raises(ConfigError, match=r"task.finetune.load=.*nowhere is not a run dir \(no results.json\)"):
+        check_config(glue_cfg(tiny_bert_dir, *ptq, f"task.finetune.load={tmp_path / 'nowhere'}"))

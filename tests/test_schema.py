@@ -380,7 +380,9 @@ def sweep(params) -> list[list[str]]:
 
 
 METHOD_OF_ADAPTER = {"quadapter": "method=quadapter", "smoothquant": "method=ptq"}
-NEEDS = {"distill=kd": ["task=glue", "method=qat", "distill.teacher=runs/teacher"]}  # options that only validate beside others
+NEEDS = {"distill=kd": ["task=glue", "method=qat", "distill.teacher=runs/teacher"],
+         "compare=progressive_kd": ["task=glue", "task.finetune.load=runs/teacher"],
+         "compare=progressive_kd_aug": ["task=glue", "task.finetune.load=runs/teacher"]}  # options that only validate beside others
 GLUE_OPTIONS = {"eval=glue", "method=prequant", "compare=prequant", "model=minilm-l6",
                 "model=bert-base-uncased", "model=roberta-base"}  # and dataset=glue_*: task=glue's
 

@@ -15,9 +15,6 @@ the FP fine-tuning a method starts from does not (it is what a teacher is made o
 
 from __future__ import annotations
 
-import functools
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,65 +22,18 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from quadapter.data.tokens import tokenizer_fingerprint
 from quadapter.errors import ConfigError
-
-TEACHER_DIR = "finetuned"  # where method=fp saves the fine-tuned model inside its run dir
-
-
-def teacher_run(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
-    """The teacher's run dir and results.json, checked to be a finished FP run of this GLUE task."""
-    given = cfg.distill.teacher
-    fix = ("run method=fp task=glue with task.finetune.save=true on the same dataset and pass its "
-           "run dir as distill.teacher")
-    if not given:
-        raise ConfigError(f"config error: distill=kd needs distill.teacher: {fix}")
-    run_dir = Path(given).expanduser()
-    results_file = run_dir / "results.json"
-    if not results_file.is_file():
-        raise ConfigError(f"config error: distill.teacher={given} is not a run dir (no results.json): {fix}")
-    try:
-        results = json.loads(results_file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"config error: distill.teacher={given}: unreadable results.json ({e}): {fix}") from e
-    what = {k: results.get(k) for k in ("status", "method", "task", "dataset")}
-    wanted = {"status": "completed", "method": "fp", "task": "glue", "dataset": cfg.dataset.name}
-    wrong = [f"{k} {what[k]!r} (needs {v!r})" for k, v in wanted.items() if what[k] != v]
-    if wrong:
-        raise ConfigError(f"config error: distill.teacher={given} is not a teacher for this run: "
-                          f"{', '.join(wrong)}; {fix}")
-    if not (run_dir / TEACHER_DIR / "config.json").is_file():
-        raise ConfigError(f"config error: distill.teacher={given} saved no model ({run_dir / TEACHER_DIR} "
-                          f"is missing): {fix}")
-    return run_dir, results
+from quadapter.methods.saved_finetune import load_saved, saved_fp_run
 
 
 def check(cfg: DictConfig) -> None:
     if cfg.get("distill") is not None and cfg.distill.name != "none":
-        teacher_run(cfg)
-
-
-@functools.lru_cache(maxsize=1)
-def _saved_teacher(path: str, device: str, saved_at: int) -> tuple[nn.Module, str]:
-    """The saved model (frozen, eval mode) and its tokenizer's fingerprint, read once per run:
-    a progressive run's stages all distil from it (``saved_at``: a re-saved teacher is re-read)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    teacher = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).to(device).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher, tokenizer_fingerprint(AutoTokenizer.from_pretrained(path))
+        saved_fp_run(cfg, "distill.teacher")
 
 
 def load_teacher(cfg: DictConfig, tokenizer, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     """The teacher in eval mode without gradients, and what the run records about it."""
-    run_dir, results = teacher_run(cfg)
-    path = (run_dir / TEACHER_DIR).resolve()
-    teacher, theirs = _saved_teacher(str(path), str(device), (path / "config.json").stat().st_mtime_ns)
-    if theirs != tokenizer_fingerprint(tokenizer):
-        raise ConfigError(f"config error: distill.teacher={cfg.distill.teacher} uses another tokenizer "
-                          f"than this run's model ({cfg.model.name}): teacher and student must read the "
-                          "same token ids; fine-tune the teacher from the same model")
+    teacher, run_dir, results = load_saved(cfg, "distill.teacher", tokenizer, device)
     record = {"teacher": str(run_dir), "teacher_metrics": results.get("metrics"),
               "temperature": cfg.distill.temperature, "weights": dict(cfg.distill.weights)}
     return teacher, record

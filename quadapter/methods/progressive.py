@@ -63,7 +63,8 @@ def apply(ctx: RunContext) -> nn.Module:
         training = finetune(ctx)  # None on a task whose model needs no fine-tuning first (LM)
         if training is not None:
             curves += training["curves"]
-            stages.append({"stage": "finetune", "bits": "fp", "start_step": 0, "steps": training["steps"]})
+            stages.append({"stage": "finetune", "bits": "fp", "start_step": 0, "steps": training["steps"],
+                           **({"loaded": training["loaded"]} if "loaded" in training else {})})
             offset = training["steps"]
     sim = None
     for k, (spec, stage_cfg) in enumerate(zip(method.stages, stage_configs(cfg), strict=True)):

@@ -239,6 +239,7 @@ class Finetune:
     lr: float = knob(check=POSITIVE, hint="peak AdamW lr")
     weight_decay: float = knob(check=NON_NEGATIVE)
     save: bool = knob(False, hint="method=fp: save the fine-tuned model as a distillation teacher")
+    load: Optional[str] = knob(None, hint="ptq/progressive: a method=fp run dir saved with save=true to start from")
 
 
 @dataclass
@@ -566,6 +567,12 @@ class KnowledgeDistill:
 
 DISTILLS = {"none": NoDistill, "kd": KnowledgeDistill}
 DISTILLING_METHODS = ("qat", "progressive", "prequant", "lora")  # the methods that train on GLUE
+
+
+def loads_finetuning(method: str, start: str | None = None) -> bool:
+    """Whether a GLUE run of ``method`` starts from the FP fine-tuned model, so that
+    ``task.finetune.load`` (a saved one) replaces its own fine-tuning."""
+    return method == "ptq" or (method == "progressive" and start == "finetuned")
 
 
 @dataclass

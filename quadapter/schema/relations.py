@@ -13,6 +13,7 @@ from quadapter.models.arch import FAMILIES, LinearOutput
 from quadapter.schema.fields import Problems, list_problem, show
 from quadapter.schema.groups import (
     DISTILLING_METHODS,
+    loads_finetuning,
     EMBEDDED_DOMAINS,
     EMBEDDED_SPLITS,
     LEVEL_GRANULARITIES,
@@ -257,6 +258,19 @@ def distillation_fits_the_method_and_task(v: View, p: Problems) -> None:
     elif v("distill.teacher") is None:
         p.add("distill.teacher", "distill=kd needs distill.teacher: the run dir of a completed "
                                  "method=fp task=glue run saved with task.finetune.save=true")
+
+
+@relation
+def a_loaded_finetuning_needs_a_method_that_starts_from_it(v: View, p: Problems) -> None:
+    """``task.finetune.load`` replaces the FP fine-tuning that ptq and progressive start from."""
+    if v("task.name") != "glue" or v("task.finetune.load") is None:
+        return
+    method = v("method.name")
+    start = v("method.start") if method == "progressive" else None  # only progressive has a start
+    if method != "fp" and not loads_finetuning(method, start):  # fp ignores it: fp makes one
+        p.add("task.finetune.load", f"task.finetune.load applies to the methods that start from the FP "
+                                    f"fine-tuned model (ptq, progressive with method.start=finetuned), "
+                                    f"not method={method}; set task.finetune.load=null")
 
 
 @relation
