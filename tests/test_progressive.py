@@ -129,3 +129,44 @@ def test_an_augmented_stage_trains_on_masked_batches(tiny_bert_dir, tmp_path):
     assert [r["step"] for r in m] == [0, 2, 2, 4, 4, 6]
     assert m[:3] == p[:3]  # fine-tuning and stage 0's first point: the same model
     assert m[3]["train/loss_mean"] != p[3]["train/loss_mean"]  # stage 0 trained on other (masked) batches
+
+
+@pytest.mark.slow
+def test_glue_progressive_sweep_runs_every_row_from_its_seeds_saved_finetuning(tiny_bert_dir, tmp_path):
+    """`quadapter -m experiment=glue_progressive`, one seed, on the shrunk BERT: the FP row runs first
+    and saves its fine-tuning; every other row starts from it (none fine-tunes again), the KD rows
+    distil from it, and each row ends at its own bits after its own schedule of 120 steps."""
+    import subprocess
+    import sys
+
+    from conftest import glue_cfg_overrides
+
+    sweep = tmp_path / "sweep"
+    fp_dir = sweep / "fp-tiny-bert-glue_mrpc-seed0"
+    proc = subprocess.run(
+        [sys.executable, "-m", "quadapter.cli", "-m", "experiment=glue_progressive", "seed=0",
+         *glue_cfg_overrides(tiny_bert_dir), "method.train.batch_size=4", "trainer.val_check_interval=40",
+         "quantizer.calibration.blocks=8", f"hydra.sweep.dir={sweep}", f"task.finetune.load={fp_dir}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/results.json")}
+    rows = {name.rsplit("-tiny-bert", 1)[0]: r for name, r in results.items()}
+    assert set(rows) == {"fp", "direct-wtern", "direct-wbin", "progressive_stage1-wbin", "direct-wbin_a8",
+                         "progressive-wbin_a8", "progressive_kd-wbin_a8", "progressive_kd_aug-wbin_a8"}
+    assert all(r["status"] == "completed" for r in rows.values())
+    assert rows["fp"]["saved"] == str(fp_dir / "finetuned")
+    for name, r in rows.items():
+        if name == "fp":
+            continue
+        stages = r["training"]["stages"]
+        assert stages[0] == {"stage": "finetune", "bits": "fp", "start_step": 0, "steps": 0,
+                             "loaded": str(fp_dir)}
+        assert r["training"]["steps"] == 120 and r["bits"] == name.split("-")[1]
+        assert ("distill" in r) == name.startswith("progressive_kd")
+        if "distill" in r:
+            assert r["distill"]["teacher"] == str(fp_dir)
+        augmented = [s["stage"] for s in stages[1:] if s["augment"]]
+        assert augmented == ([4, 5] if name.startswith("progressive_kd_aug") else [])
+    assert [s["bits"] for s in rows["progressive_stage1-wbin"]["training"]["stages"][1:]] == [
+        "w8", "w4", "w2", "wtern", "wbin"]
+    assert len(rows["direct-wbin"]["training"]["stages"]) == 2  # the loaded fine-tuning, one stage

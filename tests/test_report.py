@@ -325,6 +325,26 @@ def test_plot_has_a_panel_per_set_and_train_and_heldout_lines_per_method(tmp_pat
     assert code == 0 and (tmp_path / "out" / "p.png").stat().st_size > 10_000 and "curves:" in err
 
 
+def test_plot_labels_rows_of_one_method_by_run_name_and_marks_stage_boundaries(tmp_path):
+    """Two schedules of method=progressive at the same bits are two curves, each with its stages."""
+    for name, starts in (("direct", [0]), ("progressive_stage1", [0, 2, 4])):
+        run = write_run(tmp_path, name, "progressive", "wbin", {"prose": 10.0, "code": 20.0},
+                        curves=curve([0, 2, 4, 6], [None, 5.0, 4.0, 3.0], [6.0, 5.5, 5.2, 5.0], [3, 2, 2, 2]))
+        res = json.loads((run / "results.json").read_text())
+        res["run_name"] = f"{name}-wbin-tiny-prose"
+        res["training"]["stages"] = [{"stage": k, "start_step": s} for k, s in enumerate(starts)]
+        (run / "results.json").write_text(json.dumps(res))
+    fig = plot_curves(load_runs([tmp_path]).runs)
+    for ax in fig.axes:
+        labelled = {line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")}
+        assert labelled == {f"{n}-wbin-tiny-prose {k}" for n in ("direct", "progressive_stage1")
+                            for k in ("held-out", "train")}
+        vertical = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+        assert sorted(line.get_xdata()[0] for line in vertical) == [2, 4]  # stage starts after step 0
+        legend = {t.get_text() for t in ax.get_legend().get_texts()}
+        assert legend == labelled
+
+
 def test_plot_without_any_curves_writes_nothing(tmp_path):
     write_run(tmp_path, "0_fp", ppl={"prose": 10.0})
     assert plot_curves(load_runs([tmp_path]).runs, tmp_path / "c.png") is None

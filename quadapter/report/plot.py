@@ -4,7 +4,9 @@ The metric is the run's primary one (``results.json``'s ``primary_metric``: perp
 e.g. accuracy for GLUE runs, whose train value is scored on a fixed train subset).
 One panel per held-out set, one colour per method (runs that differ only in seed share it), solid
 lines for the held-out set, dashed for train: a held-out curve that turns up while train keeps
-falling is overfitting to the fine-tuning set. Curves come from ``results.json``
+falling is overfitting to the fine-tuning set. Runs of one method that differ only in their
+``run_name`` (the rows of a comparison, e.g. schedules of method=progressive) are labelled by it, and
+a multi-stage run's stage boundaries are dotted vertical lines. Curves come from ``results.json``
 (``training.curves``), or from the run's ``csv/metrics.csv`` when the run was interrupted.
 """
 
@@ -26,9 +28,19 @@ def run_labels(runs: list[Run]) -> list[str]:
     for r in runs:
         same = [x for x in runs if x.field("method") == r.field("method")]
         varying = [f for f in _VARY if len({x.field(f) for x in same}) > 1]
-        label = " ".join([r.field("method"), *(r.field(f) for f in varying)])
+        same = [x for x in same if all(x.field(f) == r.field(f) for f in varying)]
+        if len({x.field("run_name") for x in same}) > 1:  # rows of one method told apart by name only
+            label = r.field("run_name")
+        else:
+            label = " ".join([r.field("method"), *(r.field(f) for f in varying)])
         labels.append(label + ("" if r.status == "completed" else f" ({r.status})"))
     return labels
+
+
+def stage_starts(run: Run) -> list[int]:
+    """The steps where a multi-stage run (method=progressive: ``training.stages``) starts a stage."""
+    stages = (run.result.get("training") or {}).get("stages") or []
+    return [int(s["start_step"]) for s in stages if s.get("start_step")]
 
 
 def plot_curves(runs: list[Run], out: Path | None = None) -> Figure | None:
@@ -72,6 +84,10 @@ def plot_curves(runs: list[Run], out: Path | None = None) -> Figure | None:
         handles = {h.get_label(): h for h in ax.get_lines()}  # seeds share a label: one entry
         ax.legend(handles.values(), handles.keys(), fontsize=7)
         ax.grid(alpha=0.3)
+    for run, label, m in zip(plotted, labels, metric_of, strict=True):  # after the scales and legends
+        for ax, (_, sm) in zip(axes, sets, strict=True):
+            for step in stage_starts(run) if sm == m else []:  # stage boundaries, in the run's colour
+                ax.axvline(step, color=colours[label], linestyle=":", linewidth=0.8, alpha=0.5)
     fig.tight_layout()
     if out is not None:
         fig.savefig(out, dpi=120)
