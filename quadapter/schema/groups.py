@@ -421,6 +421,15 @@ class PTQMethod:
 
 
 @dataclass
+class GPTQMethod:
+    name: str = knob()
+    block_size: int = knob(check=POSITIVE_INT, hint="columns per block of lazy updates")
+    damp: float = knob(check=POSITIVE, hint="a fraction of the Hessian's mean diagonal, e.g. 0.01")
+    act_order: bool = knob()
+    batch_size: int = knob(check=POSITIVE_INT)
+
+
+@dataclass
 class QATMethod:
     name: str = knob()
     lr: QATLr = knob()
@@ -502,8 +511,9 @@ class ProgressiveMethod:
 
 
 METHODS = {"fp": FPMethod, "ptq": PTQMethod, "qat": QATMethod, "quadapter": QuadapterMethod,
-           "prequant": PreQuantMethod, "lora": LoraMethod, "progressive": ProgressiveMethod}
-QUANTIZING_METHODS = ("ptq", "qat", "quadapter", "prequant", "lora", "progressive")
+           "prequant": PreQuantMethod, "lora": LoraMethod, "progressive": ProgressiveMethod,
+           "gptq": GPTQMethod}
+QUANTIZING_METHODS = ("ptq", "qat", "quadapter", "prequant", "lora", "progressive", "gptq")
 
 
 # ---- trainer, logger ---------------------------------------------------------------------------

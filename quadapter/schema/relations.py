@@ -383,7 +383,9 @@ def _lm_only(v: View) -> None:
 LM_ONLY_METHODS = {
     "quadapter": "its block-wise phase reconstructs decoder blocks on token blocks and its scale "
                  "regions fold into pre-norm producers (encoders offer only v_out); use method=fp, "
-                 "ptq or qat on GLUE"}
+                 "ptq or qat on GLUE",
+    "gptq": "it quantizes a pretrained decoder block by block on token blocks of the calibration "
+            "split; on GLUE the head is new, so quantize after fine-tuning: method=ptq"}
 
 
 GLUE_ONLY_METHODS = {
@@ -410,6 +412,22 @@ def methods_fit_the_task(v: View, p: Problems) -> None:
         if task != "lm" and tokens is not None:
             p.add(key, f"{key}={tokens} limits an LM fine-tuning split by tokens; with task={task} "
                        "set it to null")
+
+
+@relation
+def gptq_is_weight_only(v: View, p: Problems) -> None:
+    """GPTQ places uniform weights on a grid from their input Hessians; activations stay FP."""
+    if v("method.name") != "gptq":
+        return
+    if v("bits.act") is not None:
+        p.add("bits.act", f"method=gptq quantizes weights only, not activations (bits.act={show(v('bits.act'))}): "
+                          "choose a weight-only preset (bits=w4, bits=w3, bits=w2) or set bits.act=null")
+    if v("bits.weight") in WEIGHT_LEVELS:
+        p.add("bits.weight", f"method=gptq places weights on a uniform grid, not bits.weight={v('bits.weight')}: "
+                             "choose 2..8 bits (ternary/binary weights: method=qat or method=progressive)")
+    if v("quantizer.name") != "none" and v("quantizer.learnable") != "none":
+        p.add("quantizer.learnable", "method=gptq fixes the ranges it quantizes to: use quantizer=minmax, "
+                                     "mse or percentile (learnable=none)")
 
 
 @relation
