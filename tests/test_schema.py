@@ -237,8 +237,8 @@ BAD = [
     ("quadapter", {"method.lr.alhpa": 1.0}, ["method.lr.alhpa is not a config key (did you mean "
                                              "method.lr.alpha?)"]),
     ("fp", {"trainer.max_epochs": 3}, ["trainer.max_epochs is not a config key"]),
-    ("fp", {"method.name": "gptq"},
-     ["method.name='gptq' is invalid: expected one of fp, ptq, qat, quadapter"]),
+    ("fp", {"method.name": "awq"},
+     ["method.name='awq' is invalid: expected one of fp, ptq, qat, quadapter"]),
     ("fp", {"run_name": "${nope}"}, ["run_name: an interpolation cannot be resolved"]),
     # numbers a library would refuse later: seeds outside numpy's range, infinite rates
     ("fp", dict(seed=-1), ["seed=-1 is invalid: expected an integer in 0..4294967295"]),
