@@ -28,8 +28,8 @@ def run_labels(runs: list[Run]) -> list[str]:
     for r in runs:
         same = [x for x in runs if x.field("method") == r.field("method")]
         varying = [f for f in _VARY if len({x.field(f) for x in same}) > 1]
-        same = [x for x in same if all(x.field(f) == r.field(f) for f in varying)]
-        if len({x.field("run_name") for x in same}) > 1:  # rows of one method told apart by name only
+        combos = {tuple(x.field(f) for f in varying) for x in same}
+        if len({x.field("run_name") for x in same}) > len(combos):  # rows of one method told apart by name
             label = r.field("run_name")
         else:
             label = " ".join([r.field("method"), *(r.field(f) for f in varying)])
