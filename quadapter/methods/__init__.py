@@ -20,9 +20,8 @@ from transformers import PreTrainedTokenizerBase
 
 from quadapter.errors import ConfigError
 from quadapter.methods import distill, fp, gptq, lora, prequant, progressive, ptq, qat, quadapter
-from quadapter.methods.saved_finetune import saved_fp_run
+from quadapter.methods.saved_finetune import saved_fp_run, starts_from_saved
 from quadapter.schema import validate
-from quadapter.schema.groups import loads_finetuning
 from quadapter.tasks import Task
 
 
@@ -70,6 +69,5 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.method.name in CHECKS:
         CHECKS[cfg.method.name](cfg)
     distill.check(cfg)  # a distillation teacher is a finished FP run of this task
-    if (cfg.task.get("finetune") is not None and cfg.task.finetune.get("load")
-            and loads_finetuning(cfg.method.name, cfg.method.get("start"))):
+    if starts_from_saved(cfg):
         saved_fp_run(cfg, "task.finetune.load")  # so is a saved fine-tuning to start from

@@ -13,10 +13,9 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from quadapter.methods.saved_finetune import SAVE_DIR, load_saved
+from quadapter.methods.saved_finetune import SAVE_DIR, load_saved, starts_from_saved
 from quadapter.methods.train_module import weight_groups
 from quadapter.methods.training import train
-from quadapter.schema.groups import loads_finetuning
 
 if TYPE_CHECKING:
     from quadapter.methods import RunContext
@@ -28,7 +27,7 @@ def finetune(ctx: RunContext) -> dict | None:
     if not ctx.task.finetunes_before_quantizing:
         return None
     spec = ctx.cfg.task.finetune
-    if spec.get("load") and loads_finetuning(ctx.cfg.method.name, ctx.cfg.method.get("start")):
+    if starts_from_saved(ctx.cfg):
         saved, run_dir, results = load_saved(ctx.cfg, "task.finetune.load", ctx.tokenizer, ctx.device)
         ctx.model.load_state_dict(saved.state_dict())
         return {"phase": "finetune", "loaded": str(run_dir), "loaded_seed": results.get("seed"),

@@ -19,8 +19,16 @@ from torch import nn
 
 from quadapter.data.tokens import tokenizer_fingerprint
 from quadapter.errors import ConfigError
+from quadapter.schema.groups import loads_finetuning
 
 SAVE_DIR = "finetuned"  # where method=fp saves the fine-tuned model inside its run dir
+
+
+def starts_from_saved(cfg: DictConfig) -> bool:
+    """Whether this run copies ``task.finetune.load`` instead of fine-tuning (fp ignores it)."""
+    finetune = cfg.task.get("finetune")
+    return bool(finetune is not None and finetune.get("load")
+                and loads_finetuning(cfg.method.name, cfg.method.get("start")))
 
 
 def saved_fp_run(cfg: DictConfig, key: str) -> tuple[Path, dict[str, Any]]:

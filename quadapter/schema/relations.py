@@ -13,7 +13,6 @@ from quadapter.models.arch import FAMILIES, LinearOutput
 from quadapter.schema.fields import Problems, list_problem, show
 from quadapter.schema.groups import (
     DISTILLING_METHODS,
-    loads_finetuning,
     EMBEDDED_DOMAINS,
     EMBEDDED_SPLITS,
     LEVEL_GRANULARITIES,
@@ -21,6 +20,7 @@ from quadapter.schema.groups import (
     TASK_HEADS,
     WEIGHT_LEVELS,
     bits_name,
+    loads_finetuning,
 )
 
 
