@@ -19,7 +19,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from quadapter.errors import ConfigError
-from quadapter.methods import distill, fp, gptq, lora, prequant, progressive, ptq, qat, quadapter
+from quadapter.methods import blockptq, distill, fp, gptq, lora, prequant, progressive, ptq, qat, quadapter
 from quadapter.methods.saved_finetune import saved_fp_run, starts_from_saved
 from quadapter.schema import validate
 from quadapter.tasks import Task
@@ -44,13 +44,15 @@ class RunContext:
 Method = Callable[[RunContext], nn.Module]
 METHODS: dict[str, Method] = {"fp": fp.apply, "ptq": ptq.apply, "qat": qat.apply,
                               "quadapter": quadapter.apply, "prequant": prequant.apply,
-                              "lora": lora.apply, "progressive": progressive.apply, "gptq": gptq.apply}
+                              "lora": lora.apply, "progressive": progressive.apply, "gptq": gptq.apply,
+                              "blockptq": blockptq.apply}
 CHECKS: dict[str, Callable[[DictConfig], None]] = {"ptq": ptq.check, "qat": qat.check,
                                                      "quadapter": quadapter.check,
                                                      "prequant": prequant.check,
                                                      "lora": lora.check,
                                                      "progressive": progressive.check,
-                                                     "gptq": gptq.check}
+                                                     "gptq": gptq.check,
+                                                     "blockptq": blockptq.check}
 
 
 def get_method(name: str) -> Method:

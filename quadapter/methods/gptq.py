@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from quadapter.methods import ptq
-from quadapter.methods.blockwise import capture_block_inputs, toggled
+from quadapter.methods.blockwise import capture_block_inputs, run_blocks, toggled
 from quadapter.methods.quant_config import quant_settings
 from quadapter.models.arch import for_model
 from quadapter.quant.gptq import gptq_quantize
@@ -35,15 +35,6 @@ def check(cfg) -> None:
     quant_settings(cfg, "gptq")
 
 
-def _run_block(block: nn.Module, x: Tensor, kwargs: dict[str, Any], batch_size: int) -> Tensor:
-    out = torch.empty_like(x)
-    device = next(block.parameters()).device
-    for i in range(0, len(x), batch_size):
-        y = block(x[i:i + batch_size].to(device), **kwargs)
-        out[i:i + batch_size] = (y[0] if isinstance(y, tuple) else y).cpu()
-    return out
-
-
 def _input_hessians(block: nn.Module, layers: dict[str, nn.Module], x: Tensor, kwargs: dict[str, Any],
                     batch_size: int) -> dict[str, Tensor]:
     """``Σ x xᵀ`` of every layer's input over the block's calibration inputs ``x`` (float64 sums)."""
@@ -56,7 +47,7 @@ def _input_hessians(block: nn.Module, layers: dict[str, nn.Module], x: Tensor, k
     hooks = [layer.register_forward_pre_hook(lambda m, args, n=n: accumulate(n, args[0]))
              for n, layer in layers.items()]
     try:
-        _run_block(block, x, kwargs, batch_size)
+        run_blocks([block], x, kwargs, batch_size)
     finally:
         for hook in hooks:
             hook.remove()
@@ -69,8 +60,7 @@ def apply(ctx: RunContext) -> nn.Module:
     sim = ptq.quantize(ctx, "gptq")
     for p in model.parameters():
         p.requires_grad_(False)
-    loader, data = ptq.calibration_batches(ctx, quant_settings(cfg, "gptq"))
-    batches = torch.cat(list(loader))
+    batches, data = ptq.calibration_tensor(ctx, "gptq")
     names, blocks = map(list, zip(*for_model(model).block_list(model)))
     model.eval()
     with toggled(sim.enable, False):
@@ -92,7 +82,7 @@ def apply(ctx: RunContext) -> nn.Module:
             weight.copy_(result.weight)
             layers[n] = {"proxy_loss": result.proxy_loss, "dead_columns": result.dead_columns}
             proxy += result.proxy_loss
-        x = _run_block(block, x, kwargs, method.batch_size)  # quantized now: the next block's inputs
+        x = run_blocks([block], x, kwargs, method.batch_size)  # quantized now: the next block's inputs
         units.append({"block": name, "layers": len(wrappers), "proxy_loss": proxy,
                       "seconds": round(time.perf_counter() - start, 3)})
         log.info("gptq %s: %d layers, proxy loss %.4g, %.1f s", name, len(wrappers), proxy, units[-1]["seconds"])

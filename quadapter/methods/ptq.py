@@ -13,8 +13,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Iterable
 
+import torch
 from omegaconf import DictConfig
-from torch import nn
+from torch import Tensor, nn
 
 from quadapter.methods.fp import finetune
 from quadapter.methods.quant_config import QuantSettings, quant_settings
@@ -44,6 +45,13 @@ def calibration_batches(ctx: RunContext, settings: QuantSettings) -> tuple[Itera
     """The task's seeded calibration batches from the fine-tuning dataset, and what they were."""
     return ctx.task.calibration(settings.calibration_split, settings.calibration_blocks,
                                 settings.calibration_batch_size, ctx.cfg.seed)
+
+
+def calibration_tensor(ctx: RunContext, method: str) -> tuple[Tensor, dict]:
+    """The calibration batches as one tensor [blocks, ...] (what block-wise methods walk), and
+    what they were."""
+    loader, data = calibration_batches(ctx, quant_settings(ctx.cfg, method))
+    return torch.cat(list(loader)), data
 
 
 def outlier_report(stats: dict[str, OutlierStats], top_k: int, loggers: list) -> dict[str, Any]:

@@ -14,7 +14,6 @@ input channels, so inference costs nothing extra.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +24,7 @@ from torch import nn
 from quadapter.checkpoints import load_phase, save_phase
 from quadapter.methods import ptq
 from quadapter.methods.blockwise import capture_block_inputs, reconstruct_blocks, toggled
+from quadapter.methods.saving import save_quantized
 from quadapter.methods.smoothing import smooth
 from quadapter.methods.training import RandomState, train
 from quadapter.models.arch import for_model
@@ -49,19 +49,6 @@ def _range_params(sim, prefix: str = "") -> list[nn.Parameter]:
             for p in q.range_parameters()]
 
 
-def save_folded(sim, model: nn.Module, tokenizer, out: Path) -> Path:
-    """The folded model as a plain HF checkpoint plus every quantizer's encodings (JSON).
-
-    Loading ``out`` with ``save_pretrained``'s counterpart gives the FP model with α folded in;
-    ``quantizer_encodings.json`` holds the grid (bits, scale, zero point) each site uses.
-    """
-    model.save_pretrained(str(out), state_dict=sim.original_state_dict())
-    tokenizer.save_pretrained(str(out))
-    encodings = {name: q.encodings() for name, q in sim.quantizers().items()}
-    (out / "quantizer_encodings.json").write_text(json.dumps(encodings, indent=1))
-    return out
-
-
 def _blockwise(ctx: RunContext, sim, scales: dict) -> dict:
     """Phase 1; its summary. Recorded in ``checkpoints/blockwise/done.pt`` when done, so a resumed
     run restores α (and the ranges), the summary and the RNG state instead of recalibrating."""
@@ -78,8 +65,7 @@ def _blockwise(ctx: RunContext, sim, scales: dict) -> dict:
         RandomState().load_state_dict(rng)
         log.info("block-wise phase restored from %s (finished in an earlier attempt)", done)
         return summary
-    loader, data = ptq.calibration_batches(ctx, ptq.quant_settings(cfg, "quadapter"))
-    batches = torch.cat(list(loader))
+    batches, data = ptq.calibration_tensor(ctx, "quadapter")
     names, blocks = map(list, zip(*for_model(model).block_list(model)))
     with toggled(sim.enable, False):
         inputs, kwargs = capture_block_inputs(model, blocks, batches, bw.batch_size,
@@ -137,7 +123,7 @@ def apply(ctx: RunContext) -> nn.Module:
     fold_scales(sim, model, scales)
     summary["folded"] = True
     if method.save_folded:
-        summary["saved"] = str(save_folded(sim, model, ctx.tokenizer, ctx.run_dir / "folded"))
+        summary["saved"] = str(save_quantized(sim, model, ctx.tokenizer, ctx.run_dir / "folded"))
     log.info("quadapter: %d scales folded (alpha in [%.3g, %.3g])", len(scales),
              summary["alpha"]["min"], summary["alpha"]["max"])
     return model

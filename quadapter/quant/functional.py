@@ -6,6 +6,8 @@ bit-identical to them and can stand in wherever they cannot be used (learnable r
 (fixed ranges on the CPU, see ``fake_quant_fixed``).
 """
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -164,6 +166,17 @@ def fake_quant_fixed(
     else:
         out = torch.mul(xf, inv).round_().clamp_(lo, hi).mul_(scale)
     return out.to(x.dtype)
+
+
+def fake_quant_rounded(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int,
+                       rounding: Callable[[Tensor], Tensor]) -> Tensor:
+    """``(clamp(rounding(x·(1/s)) + z, qmin, qmax) − z)·s``: quantize-dequantize with a learned
+    rounding (AdaRound) in place of round-to-nearest; gradients flow through ``rounding`` and
+    the qparams. With an integer-valued ``rounding`` the result lies on the grid exactly as a
+    round-to-nearest result would (same operations, same order after the rounding)."""
+    xf = x.to(torch.promote_types(x.dtype, scale.dtype))
+    levels = (rounding(xf * (1.0 / scale)) + zero_point).clamp(qmin, qmax)
+    return ((levels - zero_point) * scale).to(x.dtype)
 
 
 def check_bits(bits: int) -> int:

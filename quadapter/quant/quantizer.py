@@ -10,6 +10,7 @@ from quadapter.quant.functional import (
     check_choice,
     fake_quant,
     fake_quant_fixed,
+    fake_quant_rounded,
     qparams_from_range,
     quant_range,
 )
@@ -88,6 +89,7 @@ class FakeQuantizer(nn.Module):
         self.register_buffer("scale", torch.empty(0))
         self.register_buffer("zero_point", torch.empty(0, dtype=torch.int32))
         self.learned_range: RangeParameterization | None = None
+        self.register_module("rounding", None)  # a learned rounding (AdaRound) replacing round-to-nearest
 
     # -- modes ------------------------------------------------------------------------------
     def enable(self, enabled: bool = True) -> "FakeQuantizer":
@@ -129,6 +131,22 @@ class FakeQuantizer(nn.Module):
                 self.parameterization, lo, hi, self.qmin, self.qmax, self.symmetric, self.sigmoid
             )
 
+    def set_rounding(self, rounding: nn.Module | None) -> None:
+        """Round with ``rounding`` instead of to nearest (``None``: back to nearest).
+
+        ``rounding`` maps the grid coordinates ``x·(1/s)`` (``grid_coordinates``' layout) to
+        integer-valued (or, while it learns, in-between) values; clamping, zero point and scale
+        are applied around it as usual, so gradients also reach a learnable range.
+        """
+        self.rounding = rounding
+
+    def grid_coordinates(self, x: Tensor) -> Tensor:
+        """``x·(1/s)`` in the layout its ranges apply to (per_group: the [groups, group_size] view):
+        what round-to-nearest, or a learned rounding, turns into grid levels."""
+        view = self._to_groups(x) if self.granularity == "per_group" else x
+        scale, _ = self._qparams(view, self._range_axis(view))
+        return view * (1.0 / scale)
+
     def range_parameters(self) -> list[nn.Parameter]:
         """The learnable range parameters (empty when fixed), for their own optimizer group."""
         return [] if self.learned_range is None else list(self.learned_range.parameters())
@@ -149,14 +167,32 @@ class FakeQuantizer(nn.Module):
             return x
         if self.granularity == "per_token":
             return self._per_token(x)
-        return self._quantize(x, None if self.granularity == "per_tensor" else self.axis % x.dim())
+        return self._quantize(x, self._range_axis(x))
 
-    def _quantize(self, x: Tensor, axis: int | None) -> Tensor:
-        """Fake-quantize with the stored (or learned) range: one, or one per index of ``axis``."""
+    def _range_axis(self, x: Tensor) -> int | None:
+        """The axis ranges run along in ``x`` (per_group: ``x`` is the groups view, a range a row)."""
+        if self.granularity == "per_group":
+            return 0
+        return None if self.granularity == "per_tensor" else self.axis % x.dim()
+
+    def _qparams(self, x: Tensor, axis: int | None) -> tuple[Tensor, Tensor]:
+        """Scale and zero point (float, broadcastable against ``x``), learned or stored."""
         # qparams in fp32 even after model.half(): the fused kernels and 16-bit grids need it
         if self.learned_range is not None:
             scale, zero_point = self.learned_range(x.numel() // self.scale.numel())
-            scale, zero_point = self._bcast(scale.float(), x, axis), self._bcast(zero_point.float(), x, axis)
+        elif self.scale.numel() == 0:
+            raise RuntimeError("FakeQuantizer is not calibrated: calibrate(), run data, freeze()")
+        else:
+            scale, zero_point = self.scale, self.zero_point
+        return self._bcast(scale.float(), x, axis), self._bcast(zero_point.float(), x, axis)
+
+    def _quantize(self, x: Tensor, axis: int | None) -> Tensor:
+        """Fake-quantize with the stored (or learned) range: one, or one per index of ``axis``."""
+        if self.rounding is not None:
+            scale, zero_point = self._qparams(x, axis)
+            return fake_quant_rounded(x, scale, zero_point, self.qmin, self.qmax, self.rounding)
+        if self.learned_range is not None:
+            scale, zero_point = self._qparams(x, axis)
             return fake_quant(x, scale, zero_point, self.qmin, self.qmax)
         if self.scale.numel() == 0:
             raise RuntimeError("FakeQuantizer is not calibrated: calibrate(), run data, freeze()")
@@ -229,6 +265,8 @@ class FakeQuantizer(nn.Module):
             parts.append(f"learnable={self.parameterization}")
         if self.sigmoid:
             parts.append("sigmoid=True")
+        if self.rounding is not None:
+            parts.append(f"rounding={type(self.rounding).__name__}")
         if not self.enabled:
             parts.append("disabled")
         elif self.calibrating:

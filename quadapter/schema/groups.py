@@ -49,6 +49,8 @@ TASK_HEADS = {"lm": "causal_lm", "glue": "sequence_classification"}  # the model
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qnli", "rte")  # quadapter.data.glue.TASKS
 PREQUANT_CRITERIA = ("activation", "weight_norm", "random")  # quadapter.methods.prequant.CRITERIA
 PROGRESSIVE_STARTS = ("finetuned", "pretrained")
+BLOCKPTQ_LEARNS = ("rounding", "weights", "scales")  # quadapter.methods.blockptq.LEARNABLE
+BLOCKPTQ_INPUTS = ("quantized", "fp")
 AUGMENTERS = ("none", "token_mask")  # quadapter.data.augment.AUGMENTERS  # quadapter.methods.progressive.STARTS
 SAMPLE_SEED = 0x5EED_C0DE  # quant/ranges.py's default sampling seed
 
@@ -430,6 +432,38 @@ class GPTQMethod:
 
 
 @dataclass
+class BlockPTQLr:
+    rounding: float = knob(check=POSITIVE)
+    weights: float = knob(check=POSITIVE)
+    scales: float = knob(check=POSITIVE)
+
+
+@dataclass
+class AdaRoundSchedule:
+    reg_weight: float = knob(check=NON_NEGATIVE)
+    beta_start: float = knob(check=POSITIVE)
+    beta_end: float = knob(check=POSITIVE)
+    warmup: float = knob(check=Check(lambda v: 0 <= v < 1, "a number in [0, 1)"),
+                         hint="share of the steps without the regulariser")
+
+
+@dataclass
+class BlockPTQMethod:
+    name: str = knob()
+    learn: List[str] = knob(factory=list, choices=BLOCKPTQ_LEARNS, hint="e.g. [rounding] or [weights, scales]")
+    unit_size: int = knob(check=POSITIVE_INT, hint="blocks fitted jointly; 1 = the block-wise baseline")
+    target_offset: int = knob(check=NON_NEGATIVE_INT, hint="FP blocks after the unit before the L2; 0 = its own output")
+    inputs: str = knob(choices=BLOCKPTQ_INPUTS)
+    steps: int = knob(check=POSITIVE_INT)
+    batch_size: int = knob(check=POSITIVE_INT)
+    lr: BlockPTQLr = knob()
+    adaround: AdaRoundSchedule = knob()
+    revert_if_worse: bool = knob()
+    offload_dir: Optional[str] = knob(None)
+    save_quantized: bool = knob()
+
+
+@dataclass
 class QATMethod:
     name: str = knob()
     lr: QATLr = knob()
@@ -512,8 +546,8 @@ class ProgressiveMethod:
 
 METHODS = {"fp": FPMethod, "ptq": PTQMethod, "qat": QATMethod, "quadapter": QuadapterMethod,
            "prequant": PreQuantMethod, "lora": LoraMethod, "progressive": ProgressiveMethod,
-           "gptq": GPTQMethod}
-QUANTIZING_METHODS = ("ptq", "qat", "quadapter", "prequant", "lora", "progressive", "gptq")
+           "gptq": GPTQMethod, "blockptq": BlockPTQMethod}
+QUANTIZING_METHODS = ("ptq", "qat", "quadapter", "prequant", "lora", "progressive", "gptq", "blockptq")
 
 
 # ---- trainer, logger ---------------------------------------------------------------------------

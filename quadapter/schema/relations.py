@@ -385,7 +385,9 @@ LM_ONLY_METHODS = {
                  "regions fold into pre-norm producers (encoders offer only v_out); use method=fp, "
                  "ptq or qat on GLUE",
     "gptq": "it quantizes a pretrained decoder block by block on token blocks of the calibration "
-            "split; on GLUE the head is new, so quantize after fine-tuning: method=ptq"}
+            "split; on GLUE the head is new, so quantize after fine-tuning: method=ptq",
+    "blockptq": "it reconstructs a pretrained decoder's blocks on token blocks of the calibration "
+                "split; on GLUE the head is new, so quantize after fine-tuning: method=ptq"}
 
 
 GLUE_ONLY_METHODS = {
@@ -414,20 +416,39 @@ def methods_fit_the_task(v: View, p: Problems) -> None:
                        "set it to null")
 
 
+WEIGHT_ONLY_METHODS = {"gptq": "fixes the ranges it quantizes to: use quantizer=minmax, mse or percentile "
+                                "(learnable=none)",
+                       "blockptq": None}  # blockptq: learnable ranges are what method.learn=[scales] trains
+
+
 @relation
-def gptq_is_weight_only(v: View, p: Problems) -> None:
-    """GPTQ places uniform weights on a grid from their input Hessians; activations stay FP."""
-    if v("method.name") != "gptq":
+def weight_only_methods_quantize_weights_only(v: View, p: Problems) -> None:
+    """GPTQ and block reconstruction place uniform weights on a grid; activations stay FP."""
+    method = v("method.name")
+    if method not in WEIGHT_ONLY_METHODS:
         return
     if v("bits.act") is not None:
-        p.add("bits.act", f"method=gptq quantizes weights only, not activations (bits.act={show(v('bits.act'))}): "
+        p.add("bits.act", f"method={method} quantizes weights only, not activations (bits.act={show(v('bits.act'))}): "
                           "choose a weight-only preset (bits=w4, bits=w3, bits=w2) or set bits.act=null")
     if v("bits.weight") in WEIGHT_LEVELS:
-        p.add("bits.weight", f"method=gptq places weights on a uniform grid, not bits.weight={v('bits.weight')}: "
+        p.add("bits.weight", f"method={method} places weights on a uniform grid, not bits.weight={v('bits.weight')}: "
                              "choose 2..8 bits (ternary/binary weights: method=qat or method=progressive)")
-    if v("quantizer.name") != "none" and v("quantizer.learnable") != "none":
-        p.add("quantizer.learnable", "method=gptq fixes the ranges it quantizes to: use quantizer=minmax, "
-                                     "mse or percentile (learnable=none)")
+    fixed = WEIGHT_ONLY_METHODS[method]
+    if fixed and v("quantizer.name") != "none" and v("quantizer.learnable") != "none":
+        p.add("quantizer.learnable", f"method={method} {fixed}")
+
+
+@relation
+def blockptq_learns_something_coherent(v: View, p: Problems) -> None:
+    if v("method.name") != "blockptq":
+        return
+    learn = list(v("method.learn") or [])
+    if "rounding" in learn and "weights" in learn:
+        p.add("method.learn", "method.learn=[rounding, weights] learns the weights' rounding and the weights "
+                              "themselves at once: choose one (e.g. [rounding] or [weights, scales])")
+    if "scales" in learn and v("quantizer.name") != "none" and v("quantizer.learnable") == "none":
+        p.add(["method.learn", "quantizer.learnable"], "method.learn includes scales but the weight ranges are "
+              "fixed (quantizer.learnable=none): set quantizer.learnable=beta_gamma (or min_max, scale_offset)")
 
 
 @relation
