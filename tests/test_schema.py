@@ -416,6 +416,9 @@ def test_schema_names_equal_the_code_registries():
     from quadapter.tracking import WANDB_MODES
 
     assert groups.ESTIMATORS == tuple(ESTIMATORS) and groups.LEARNABLE == LEARNABLE
+    from quadapter.methods import blockptq
+
+    assert groups.BLOCKPTQ_LEARNS == blockptq.LEARNABLE
     assert groups.WEIGHT_GRANULARITIES == quant_config.WEIGHT_GRANULARITIES
     assert groups.ACT_GRANULARITIES == quant_config.ACT_GRANULARITIES
     from quadapter.quant import levels
