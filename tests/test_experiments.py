@@ -107,6 +107,20 @@ def test_experiment_sweeps_are_the_documented_ones():
     assert len(sweep_jobs("gpt2_quadapter", "model=gpt2", "bits=w4a8")) == 5
 
 
+def test_blockptq_sweep_gives_each_model_its_own_bits_and_every_row_its_units():
+    jobs = [make(*job) for job in sweep_jobs("blockptq")]
+    assert len(jobs) == 14
+    settings = {(c.model.name, c.bits.name, c.bits.weight, c.bits.act, c.quantizer.name,
+                 c.quantizer.weight.granularity) for c in jobs}
+    assert settings == {("proxy", "w2", 2, None, "minmax", "per_channel"),
+                        ("smollm2-135m", "w3", 3, None, "minmax_g64", "per_group")}  # not the default sweep's w8a3
+    rows = {(c.method.name, c.method.get("unit_size"), c.method.get("target_offset")) for c in jobs}
+    assert rows == {("ptq", None, None), ("gptq", None, None), ("blockptq", 1, 0), ("blockptq", 2, 0),
+                    ("blockptq", 4, 0), ("blockptq", 1, 1), ("blockptq", 1, 2)}
+    assert all(c.eval.max_tokens == 16384 and c.dataset.name == "ptb" for c in jobs)
+    assert len({c.run_name for c in jobs}) == 14  # every row named apart
+
+
 def test_experiments_readme_lists_every_experiment_with_command_and_cost():
     readme = (PAGES / "README.md").read_text()
     for experiment in EXPERIMENTS:
@@ -143,6 +157,9 @@ SHRINK = {
                   "method.save_folded=false"],
 }
 SHRINK["smoothquant"] = SHRINK["ptq"]
+SHRINK["gptq"] = [*SHRINK["ptq"], "method.batch_size=2"]
+for _row in ("blockptq", "blockptq_joint2", "blockptq_joint4", "blockptq_down1", "blockptq_down2"):
+    SHRINK[_row] = [*SHRINK["ptq"], "method.steps=2", "method.batch_size=2", "method.save_quantized=false"]
 REAL_SETS = {"wikitext2", "ptb", "wikitext103", "lambada"}
 
 

@@ -262,6 +262,8 @@ def test_readme_command_runs_ptq_on_the_real_model(tmp_path, isolated_env):
     ("smollm2_ptq_scan", [], {"ptq"}),
     ("smollm2_quadapter", ["bits=w8a6"], {"fp", "ptq", "ptq+smoothquant", "qat", "quadapter",
                                           "quadapter@smoothquant"}),
+    ("blockptq_scan", [], {"ptq"}),
+    ("blockptq", ["experiment/blockptq_models@_global_=smollm2"], {"ptq", "gptq", "blockptq"}),
 ])
 def test_smollm2_experiment_runs_shrunk(experiment, narrow, methods, tmp_path):
     from test_experiments import SHRINK, job_value, sweep_jobs
@@ -278,9 +280,13 @@ def test_smollm2_experiment_runs_shrunk(experiment, narrow, methods, tmp_path):
         assert res["status"] == "completed", res["error"]
         assert res["model"] == "smollm2-135m+q4_1" and res["dataset"] == "ptb"
         assert all(p["context"] == 128 and p["scored_tokens"] == 254 for p in res["protocol"].values())
+        if res["method"] == "blockptq":  # 30 blocks in units of k, each targeting m blocks on
+            k, m = res["blockptq"]["unit_size"], res["blockptq"]["target_offset"]
+            assert [u["blocks"] for u in res["blockptq"]["units"]] == [k] * (30 // k) + ([30 % k] if 30 % k else [])
+            assert res["blockptq"]["units"][0]["target_offset"] == m and res["blockptq"]["effective_bits"] > 3
         if res["method"] == "quadapter":
             assert res["quadapter"]["sites"] == ["ln1_qkv", "ln2_fc", "v_proj", "up_down"]
             assert len(res["quadapter"]["blockwise"]["units"]) == 30
         seen.add(method_label(res))
     assert seen == methods
-    assert len(jobs) == (7 if experiment == "smollm2_ptq_scan" else 6)
+    assert len(jobs) == {"smollm2_ptq_scan": 7, "smollm2_quadapter": 6, "blockptq_scan": 6, "blockptq": 7}[experiment]

@@ -56,7 +56,7 @@ def _input_hessians(block: nn.Module, layers: dict[str, nn.Module], x: Tensor, k
 
 @torch.no_grad()
 def apply(ctx: RunContext) -> nn.Module:
-    cfg, method, model = ctx.cfg, ctx.cfg.method, ctx.model
+    method, model = ctx.cfg.method, ctx.model
     sim = ptq.quantize(ctx, "gptq")
     for p in model.parameters():
         p.requires_grad_(False)
