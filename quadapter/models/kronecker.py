@@ -1,0 +1,91 @@
+"""Kronecker-factored linear layers (KnGPT2: Edalati et al., ACL 2022).
+
+A weight ``W`` [out, in] with ``out = m1·m2`` and ``in = n1·n2`` is replaced by a sum of ``r``
+Kronecker products ``Σ_k A_k ⊗ B_k`` (``A_k`` [m1, n1], ``B_k`` [m2, n2]): ``r·(m1·n1 + m2·n2)``
+parameters instead of ``m1·m2·n1·n2``. The product is never formed: with the input viewed as
+``X`` [n1, n2], ``(A ⊗ B)·vec(X) = vec(A·X·Bᵀ)`` (row-major vec), two small matmuls.
+
+The factors start at the nearest Kronecker product of the pretrained weight (Van Loan & Pitsianis):
+rearranging ``W`` so that each [m2, n2] block becomes a row, ``R(W)`` [m1·n1, m2·n2], turns
+``‖W − Σ A_k ⊗ B_k‖_F`` into ``‖R(W) − Σ vec(A_k) vec(B_k)ᵀ‖_F``, whose minimizer is the rank-r
+truncated SVD of ``R(W)`` (Eckart–Young): exact when ``W`` is such a sum.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def rearrange(weight: Tensor, a_shape: tuple[int, int], b_shape: tuple[int, int]) -> Tensor:
+    """``R(W)``: row ``i1·n1 + j1`` holds the block ``W[i1·m2:(i1+1)·m2, j1·n2:(j1+1)·n2]``, flattened."""
+    (m1, n1), (m2, n2) = a_shape, b_shape
+    if weight.shape != (m1 * m2, n1 * n2):
+        raise ValueError(f"a weight of shape {tuple(weight.shape)} is not [{m1}·{m2}, {n1}·{n2}]: choose "
+                         f"factor shapes whose products are its output and input sizes")
+    return weight.reshape(m1, m2, n1, n2).permute(0, 2, 1, 3).reshape(m1 * n1, m2 * n2)
+
+
+def nearest_kronecker(weight: Tensor, a_shape: tuple[int, int], b_shape: tuple[int, int],
+                      rank: int = 1) -> tuple[Tensor, Tensor]:
+    """Factors ``A`` [rank, m1, n1] and ``B`` [rank, m2, n2] minimizing ``‖W − Σ_k A_k ⊗ B_k‖_F``.
+
+    The singular values are split evenly (``√σ`` into each factor), so neither factor's scale
+    dwarfs the other's when they train.
+    """
+    r = rearrange(weight.detach().double(), a_shape, b_shape)
+    if not 1 <= rank <= min(r.shape):
+        raise ValueError(f"rank {rank} must be in 1..{min(r.shape)} for factors {a_shape} and {b_shape}")
+    u, s, vh = torch.linalg.svd(r, full_matrices=False)
+    root = s[:rank].sqrt()
+    a = (u[:, :rank] * root).T.reshape(rank, *a_shape)
+    b = (vh[:rank].T * root).T.reshape(rank, *b_shape)
+    return a.to(weight.dtype), b.to(weight.dtype)
+
+
+def kron_sum(a: Tensor, b: Tensor) -> Tensor:
+    """``Σ_k A_k ⊗ B_k`` materialized (for tests, saving and export; the forward never builds it)."""
+    return sum(torch.kron(a[k], b[k]) for k in range(a.shape[0]))
+
+
+class KroneckerLinear(nn.Module):
+    """``y = x·(Σ_k A_k ⊗ B_k)ᵀ + bias``: an ``nn.Linear`` of ``n1·n2 → m1·m2`` features whose weight
+    is a sum of ``rank`` Kronecker products, computed as ``A_k·X·B_kᵀ`` on each input viewed as
+    ``X`` [n1, n2]."""
+
+    def __init__(self, a: Tensor, b: Tensor, bias: Tensor | None = None) -> None:
+        super().__init__()
+        if a.dim() != 3 or b.dim() != 3 or a.shape[0] != b.shape[0]:
+            raise ValueError(f"factors must be [rank, m1, n1] and [rank, m2, n2], got {tuple(a.shape)} and "
+                             f"{tuple(b.shape)}")
+        self.a, self.b = nn.Parameter(a.clone()), nn.Parameter(b.clone())
+        self.out_features = a.shape[1] * b.shape[1]
+        self.in_features = a.shape[2] * b.shape[2]
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone().reshape(self.out_features))
+
+    @classmethod
+    def from_weight(cls, weight: Tensor, bias: Tensor | None, a_shape: tuple[int, int],
+                    b_shape: tuple[int, int], rank: int = 1) -> KroneckerLinear:
+        """The nearest sum of ``rank`` Kronecker products to ``weight`` [out, in] (nn.Linear layout;
+        pass an HF Conv1D weight transposed)."""
+        return cls(*nearest_kronecker(weight, a_shape, b_shape, rank), bias)
+
+    @property
+    def rank(self) -> int:
+        return self.a.shape[0]
+
+    def weight(self) -> Tensor:
+        """The full [out, in] weight the factors stand for."""
+        return kron_sum(self.a, self.b)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, m1, n1 = self.a.shape
+        _, m2, n2 = self.b.shape
+        grid = x.reshape(*x.shape[:-1], n1, n2)
+        y = torch.einsum("kij,...jl,kml->...im", self.a, grid, self.b).reshape(*x.shape[:-1], m1 * m2)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        (r, m1, n1), (_, m2, n2) = self.a.shape, self.b.shape
+        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={r}, "
+                f"a=[{m1}, {n1}], b=[{m2}, {n2}], bias={self.bias is not None}")
