@@ -52,3 +52,51 @@ def test_shapes_that_do_not_fit_are_refused_with_the_fix():
         nearest_kronecker(torch.zeros(12, 20), (3, 4), (4, 4))
     with pytest.raises(ValueError, match="rank 13 must be in 1..12"):
         nearest_kronecker(torch.zeros(12, 20), (3, 4), (4, 5), rank=13)
+
+
+# ---- the model transform (through the architecture adapter), saving and loading -------------------
+
+def test_factors_are_chosen_for_a_target_compression():
+    from quadapter.models.decompose import choose_factors
+
+    (m1, n1), (m2, n2) = choose_factors(3072, 768, compression=8)
+    assert m1 * m2 == 3072 and n1 * n2 == 768 and (m1 * n1 + m2 * n2) <= 3072 * 768 / 8
+    assert (m1 * n1 + m2 * n2) > 3072 * 768 / 16  # the least compression reaching the target, not any
+    with pytest.raises(ValueError, match="lower the compression or the rank"):
+        choose_factors(6, 4, compression=1000)
+
+
+def random_model(arch, vocab):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=48, n_head=4, vocab_size=vocab, n_positions=32)).eval()
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2,
+                                        max_position_embeddings=32)).eval()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_decomposed_model_saves_loads_and_gives_the_same_outputs(arch, tmp_path, small_model_dir):
+    from quadapter.models.decompose import kronecker_decompose, save_decomposed
+    from quadapter.models.loading import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(str(small_model_dir))
+    model = random_model(arch, len(tokenizer))
+    ids = torch.randint(0, len(tokenizer), (2, 16))
+    with torch.no_grad():
+        dense = model(ids).logits
+    record = kronecker_decompose(model, None, compression=4, rank=2)
+    n_layers = 2 * (4 if arch == "gpt2" else 7)
+    assert len(record["spec"]["layers"]) == n_layers
+    assert record["params_after"] < record["params_before"]
+    assert sum(isinstance(m, KroneckerLinear) for m in model.modules()) == n_layers
+    with torch.no_grad():
+        factored = model(ids).logits
+    assert not torch.allclose(factored, dense)  # a random weight is no Kronecker product: it changed
+    out = save_decomposed(model, tokenizer, record["spec"], tmp_path / "kn")
+    loaded, _ = load_model(str(out), arch=arch)
+    assert sum(isinstance(m, KroneckerLinear) for m in loaded.modules()) == n_layers
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, factored, rtol=0, atol=0)

@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 
 from quadapter.errors import ConfigError, UserError
 from quadapter.models import arch as families
-from quadapter.models import gguf
+from quadapter.models import decompose, gguf
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,27 @@ def weight_files(path: Path) -> list[Path]:
                                  f"{', '.join(missing)}; copy the missing shards next to the index")
             return [path / s for s in shards]
     return []
+
+
+def load_kronecker_factors(model: PreTrainedModel, path: Path, missing: list[str]) -> list[str]:
+    """A Kronecker-decomposed checkpoint (``kronecker.json`` beside the weights): rebuild its factored
+    layers in ``model`` and load their factors; returns the missing keys those layers explain away."""
+    from safetensors.torch import load_file
+
+    spec = json.loads((path / decompose.SPEC_FILE).read_text())
+    decompose.apply_spec(model, spec)
+    state: dict[str, torch.Tensor] = {}
+    for file in weight_files(path):
+        state.update(load_file(str(file)) if file.suffix == ".safetensors"
+                     else torch.load(file, map_location="cpu", weights_only=True))
+    prefixes = tuple(f"{name}." for name in spec["layers"])
+    wanted = [k for k in model.state_dict() if k.startswith(prefixes)]
+    lacking = [k for k in wanted if k not in state]
+    if lacking:
+        raise ModelError(f"model {path}: kronecker.json describes factored layers whose factors the weights "
+                         f"lack (e.g. {', '.join(lacking[:3])}); {SAVE_FIX}")
+    model.load_state_dict({k: state[k] for k in wanted}, strict=False)
+    return [k for k in missing if not k.startswith(prefixes)]
 
 
 def check_weights_file(file: Path) -> None:
@@ -317,6 +338,8 @@ def load_model(name_or_path: str, tokenizer: str | None = None, dtype: str = "fl
     check_family(model, name_or_path, arch, head)
     new_head = tuple(f"{prefix}." for prefix in families.for_model(model).new_head)
     missing = [k for k in info.get("missing_keys") or [] if not k.startswith(new_head)]
+    if path is not None and (path / decompose.SPEC_FILE).is_file():
+        missing = load_kronecker_factors(model, path, missing)
     if missing:
         raise ModelError(
             f"model {name_or_path!r}: the weights lack {len(missing)} parameters its config.json "

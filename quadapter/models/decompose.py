@@ -1,0 +1,131 @@
+"""Kronecker decomposition of a model's block linears (KnGPT2), through the architecture adapter.
+
+``kronecker_decompose`` replaces the chosen sites of every block (the family's site names: GPT-2's
+``attn.c_attn`` …, Llama's ``q_proj`` …) by ``KroneckerLinear`` layers initialized at the nearest
+Kronecker product of their pretrained weights. Factor shapes are given per site or chosen for a
+target compression (``choose_factors``). What was done is a ``spec`` (per layer: factor shapes and
+rank), saved beside the weights as ``kronecker.json``; ``apply_spec`` rebuilds the same structure on
+a freshly loaded model so that the saved factors load into it (``quadapter.models.loading``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from quadapter.models.arch import for_model
+from quadapter.models.kronecker import KroneckerLinear
+from quadapter.models.sites import check_site_names, is_linear
+
+SPEC_FILE = "kronecker.json"
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def choose_factors(out_features: int, in_features: int, compression: float,
+                   rank: int = 1) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Factor shapes ``(m1, n1), (m2, n2)`` with ``m1·m2 = out`` and ``n1·n2 = in`` whose parameter
+    count ``rank·(m1·n1 + m2·n2)`` is the largest not above ``out·in / compression`` (the least
+    compression that reaches the target); ties go to the most balanced pair of factors."""
+    if compression < 1:
+        raise ValueError(f"compression {compression} must be >= 1 (the dense layer's parameters over the factors')")
+    budget = out_features * in_features / compression
+    best = None
+    for m1 in _divisors(out_features):
+        for n1 in _divisors(in_features):
+            m2, n2 = out_features // m1, in_features // n1
+            params = rank * (m1 * n1 + m2 * n2)
+            if params > budget:
+                continue
+            key = (params, -abs(m1 * n1 - m2 * n2))
+            if best is None or key > best[0]:
+                best = (key, ((m1, n1), (m2, n2)))
+    if best is None:
+        raise ValueError(f"no Kronecker factors of a [{out_features}, {in_features}] weight reach compression "
+                         f"{compression} at rank {rank}: lower the compression or the rank")
+    return best[1]
+
+
+def _dense_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight as [out, in] (HF Conv1D stores [in, out])."""
+    return layer.weight.T if isinstance(layer, Conv1D) else layer.weight
+
+
+def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent, _, attr = name.rpartition(".")
+    return (model.get_submodule(parent) if parent else model), attr
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+@torch.no_grad()
+def kronecker_decompose(model: nn.Module, sites: Sequence[str] | None, compression: float | None = None,
+                        factors: Mapping[str, Sequence[int]] | None = None, rank: int = 1) -> dict[str, Any]:
+    """Replace ``sites`` (null: every block linear) of every block by nearest-Kronecker-product
+    factors; returns the spec and the parameter counts before and after.
+
+    ``factors`` maps a site name to its ``[m1, n1]`` (A's shape; B's follows from the weight);
+    sites without an entry get ``choose_factors(…, compression, rank)``.
+    """
+    arch = for_model(model)
+    names = check_site_names(sites, arch) if sites is not None else list(arch.block_sites)
+    unknown = [s for s in names if s not in arch.block_sites]
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not block linears of {arch.family} "
+                         f"({', '.join(arch.block_sites)})")
+    before = _count(model)
+    layers: dict[str, dict[str, Any]] = {}
+    for block_name, block in arch.block_list(model):
+        for site in names:
+            path = arch.block_sites[site]
+            layer = block.get_submodule(path)
+            if not is_linear(layer):
+                raise TypeError(f"{block_name}.{path} is a {type(layer).__name__}, not a linear layer")
+            weight = _dense_weight(layer)
+            out_f, in_f = weight.shape
+            if factors and site in factors:
+                m1, n1 = (int(v) for v in factors[site])
+                if out_f % m1 or in_f % n1:
+                    raise ValueError(f"kronecker factors for {site}: [{m1}, {n1}] do not divide its weight "
+                                     f"[{out_f}, {in_f}]; give divisors of its output and input sizes")
+                shapes = ((m1, n1), (out_f // m1, in_f // n1))
+            elif compression is not None:
+                shapes = choose_factors(out_f, in_f, compression, rank)
+            else:
+                raise ValueError(f"no factor shapes for site {site}: give its factors or a compression")
+            kron = KroneckerLinear.from_weight(weight, layer.bias, *shapes, rank=rank).to(weight.device)
+            parent, attr = _parent(block, path)
+            setattr(parent, attr, kron)
+            layers[f"{block_name}.{path}"] = {"a": list(shapes[0]), "b": list(shapes[1]), "rank": rank,
+                                             "bias": layer.bias is not None}
+    after = _count(model)
+    return {"spec": {"layers": layers}, "params_before": before, "params_after": after,
+            "compression": before / after}
+
+
+def apply_spec(model: nn.Module, spec: Mapping[str, Any]) -> None:
+    """Give ``model`` the structure ``spec`` describes (factors zero until a state dict loads)."""
+    for name, entry in spec["layers"].items():
+        parent, attr = _parent(model, name)
+        rank, a, b = entry["rank"], entry["a"], entry["b"]
+        bias = torch.zeros(a[0] * b[0]) if entry.get("bias", True) else None
+        setattr(parent, attr, KroneckerLinear(torch.zeros(rank, *a), torch.zeros(rank, *b), bias))
+
+
+def save_decomposed(model: nn.Module, tokenizer, spec: Mapping[str, Any], out: Path) -> Path:
+    """``save_pretrained`` (the factors under their module names) plus ``kronecker.json``."""
+    out = Path(out)
+    model.save_pretrained(str(out))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    (out / SPEC_FILE).write_text(json.dumps(spec, indent=1))
+    return out
