@@ -156,6 +156,15 @@ def test_a_block_linear_outside_the_site_map_is_an_error(model_type):
         quant_sites(model, None)
 
 
+def test_the_attention_output_is_a_block_linear_fed_the_attention_mix(model_type):
+    """Distillation's attention term reads this site's output in every block."""
+    model = make(model_type)
+    arch = for_model(model)
+    assert arch.attention_output in arch.block_sites
+    for _, block in arch.block_list(model):
+        assert is_linear(block.get_submodule(arch.block_sites[arch.attention_output]))
+
+
 def test_site_names_are_the_family_s(model_type):
     model = make(model_type)
     other = next(a for a in FAMILIES.values() if a is not for_model(model))

@@ -167,3 +167,84 @@ def test_ptq_from_a_saved_finetuning_equals_ptq_that_finetunes_again(tiny_bert_d
         check_config(glue_cfg(tiny_bert_dir, "method=qat", "bits=w4", f"task.finetune.load={teacher_run}"))
     with pytest.raises(ConfigError, match=r"task.finetune.load=.*nowhere is not a run dir \(no results.json\)"):
         check_config(glue_cfg(tiny_bert_dir, *ptq, f"task.finetune.load={tmp_path / 'nowhere'}"))
+
+
+# ---- intermediate-layer distillation of language models (KnGPT2's ILKD) ---------------------------
+
+def _gpt2(n_layer: int, seed: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_embd=32, n_head=4, vocab_size=61, n_positions=16,
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).eval()
+
+
+def test_uniform_layer_map_matches_ends_and_spaces_evenly():
+    from quadapter.methods.distill import uniform_layer_map
+
+    assert uniform_layer_map(2, 4) == [0, 2, 4]
+    assert uniform_layer_map(6, 12) == [0, 2, 4, 6, 8, 10, 12]
+    assert uniform_layer_map(3, 3) == [0, 1, 2, 3]
+    with pytest.raises(ConfigError, match="give distill.layers explicitly"):
+        uniform_layer_map(4, 2)
+
+
+def test_lm_distillation_with_a_layer_map_equals_numpy_on_the_same_outputs():
+    from quadapter.methods.distill import uniform_layer_map
+
+    student, teacher = _gpt2(2, 0), _gpt2(4, 1)
+    ids = torch.randint(0, 61, (2, 12), generator=torch.Generator().manual_seed(3))
+    unpack = lambda b: ({"input_ids": b}, b, torch.ones_like(b))  # noqa: E731 (the LM task's model_inputs)
+    layers = uniform_layer_map(2, 4)
+    loss = DistillationLoss(teacher, 2.0, task=1.0, logits=1.0, hidden=1.0, attention=1.0, layers=layers,
+                            unpack=unpack)
+    parts = {k: v.item() for k, v in loss.parts(student, ids).items()}
+
+    def attention_outputs(model):
+        outs = []
+        hooks = [b.attn.c_proj.register_forward_hook(lambda m, a, o: outs.append(o.detach().numpy()))
+                 for b in model.transformer.h]
+        with torch.no_grad():
+            res = model(ids, labels=ids, output_hidden_states=True)
+        for h in hooks:
+            h.remove()
+        return res, outs
+
+    (s, s_attn), (t, t_attn) = attention_outputs(student), attention_outputs(teacher)
+    ps, pt = s.logits.double().numpy(), t.logits.double().numpy()
+    kl = rel_entr(softmax(pt / 2.0, -1), softmax(ps / 2.0, -1)).sum(-1).mean()  # mean over all tokens
+    assert parts["logits"] == pytest.approx(kl * 4.0, rel=1e-5)
+    assert parts["task"] == pytest.approx(s.loss.item(), rel=1e-6)
+    hidden = np.mean([((s.hidden_states[i].numpy() - t.hidden_states[j].numpy()) ** 2).mean()
+                      for i, j in enumerate(layers)])
+    assert parts["hidden"] == pytest.approx(hidden, rel=1e-5)
+    attention = np.mean([((s_attn[i - 1] - t_attn[j - 1]) ** 2).mean() for i, j in enumerate(layers) if i])
+    assert parts["attention"] == pytest.approx(attention, rel=1e-5)
+    assert loss(student, ids).item() == pytest.approx(sum(parts.values()), rel=1e-5)
+
+
+def test_the_attention_term_reads_each_family_s_attention_output_site():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def llama(seed):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(LlamaConfig(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2)).eval()
+
+    student, teacher = llama(0), llama(1)
+    unpack = lambda b: ({"input_ids": b}, b, torch.ones_like(b))  # noqa: E731
+    ids = torch.randint(0, 61, (1, 8))
+    outs = {"s": [], "t": []}
+    for key, model in (("s", student), ("t", teacher)):
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.register_forward_hook(lambda m, a, o, key=key: outs[key].append(o.detach()))
+    parts = DistillationLoss(teacher, 1.0, 1.0, 1.0, 0.0, attention=1.0, unpack=unpack).parts(student, ids)
+    expected = torch.stack([(a - b).pow(2).mean() for a, b in zip(outs["s"], outs["t"])]).mean()
+    assert parts["attention"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_a_depth_mismatch_without_a_layer_map_names_the_fix():
+    loss = DistillationLoss(_gpt2(4, 1), 1.0, task=1.0, logits=1.0, hidden=1.0,
+                            unpack=lambda b: ({"input_ids": b}, b, torch.ones_like(b)))
+    with pytest.raises(ConfigError, match="map the layers"):
+        loss.parts(_gpt2(2, 0), torch.randint(0, 61, (1, 8)))

@@ -15,7 +15,7 @@ the FP fine-tuning a method starts from does not (it is what a teacher is made o
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,21 +39,91 @@ def load_teacher(cfg: DictConfig, tokenizer, device: torch.device) -> tuple[nn.M
     return teacher, record
 
 
+def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """Hidden-state index of the teacher matched to each of the student's (index 0: the embeddings,
+    i: block i's output): evenly spaced, ends matched (DistilBERT / TinyBERT's uniform mapping;
+    every other block for a half-depth student)."""
+    if student_layers > teacher_layers:
+        raise ConfigError(f"config error: a student of {student_layers} blocks cannot map onto a teacher "
+                          f"of {teacher_layers}: give distill.layers explicitly")
+    return [round(i * teacher_layers / student_layers) for i in range(student_layers + 1)]
+
+
+def pair_inputs(batch) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """An ``(inputs, labels)`` batch (GLUE's): the model's inputs, the labels, the real tokens."""
+    inputs, labels = batch
+    return inputs, labels, inputs["attention_mask"]
+
+
+class _Captured:
+    """The outputs of one module per block during a forward (the attention sublayers')."""
+
+    def __init__(self, model: nn.Module, path: str) -> None:
+        from quadapter.models.arch import for_model
+
+        self.outputs: list[torch.Tensor] = []
+        blocks = [b for _, b in for_model(model).block_list(model)]
+        self.handles = [b.get_submodule(path).register_forward_hook(self._keep) for b in blocks]
+
+    def _keep(self, module, args, output) -> None:
+        self.outputs.append(output[0] if isinstance(output, tuple) else output)
+
+    def __enter__(self) -> _Captured:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 class DistillationLoss:
-    """``w_task·task + w_logits·KL(teacher ‖ student at T)·T² + w_hidden·mean_l MSE(h_l)`` of a
-    GLUE batch ``(inputs, labels)``; a head with one output (regression) matches outputs by MSE.
-    The hidden-state MSE averages over the real (unpadded) tokens and the hidden width."""
+    """``w_task·task + w_logits·KL(teacher ‖ student at T)·T² + w_hidden·mean_l MSE(h_l)
+    + w_attention·mean_l MSE(a_l)``: the one distillation loss (TernaryBERT/BinaryBERT-style KD of
+    GLUE fine-tuning, KnGPT2's intermediate-layer KD of language models).
+
+    Hidden states: index 0 is the embeddings, i the output of block i; ``layers[i]`` is the teacher's
+    index matched to the student's i (default: the same index, for equal depths). Attention terms
+    compare the output of the family's ``attention_output`` site of student block i−1 with teacher
+    block ``layers[i]``−1. The logit KL averages over examples (GLUE) or real tokens (LM); a head
+    with one output (regression) matches outputs by MSE. Hidden and attention MSEs average over the
+    real (unpadded) tokens and the width. ``unpack(batch)`` gives the model inputs, labels and real
+    tokens of a batch (the task's ``model_inputs``; default: an ``(inputs, labels)`` pair).
+    """
 
     def __init__(self, teacher: nn.Module, temperature: float, task: float, logits: float,
-                 hidden: float) -> None:
+                 hidden: float, attention: float = 0.0, layers: Sequence[int] | None = None,
+                 unpack: Callable[[Any], tuple[dict, torch.Tensor, torch.Tensor]] = pair_inputs) -> None:
         self.teacher, self.temperature = teacher, temperature
-        self.w_task, self.w_logits, self.w_hidden = task, logits, hidden
+        self.w_task, self.w_logits, self.w_hidden, self.w_attention = task, logits, hidden, attention
+        self.layers, self.unpack = (list(layers) if layers is not None else None), unpack
+
+    def _mse(self, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return ((a - b).pow(2) * mask).sum() / (mask.sum() * a.shape[-1])
+
+    def _layer_map(self, student: int, teacher: int) -> list[int]:
+        if self.layers is None:
+            if student != teacher:
+                raise ConfigError("config error: the teacher's hidden states do not match the student's "
+                                  f"({teacher} vs {student}): map the layers (distill.layers) or set the "
+                                  "hidden and attention weights to 0")
+            return list(range(student))
+        if len(self.layers) != student or max(self.layers) >= teacher:
+            raise ConfigError(f"config error: distill.layers={self.layers} must give one teacher index "
+                              f"(0..{teacher - 1}) per student hidden state ({student})")
+        return self.layers
 
     def parts(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
-        inputs, labels = batch
-        hidden = self.w_hidden > 0
-        student = model(**inputs, labels=labels, output_hidden_states=hidden)
-        with torch.no_grad():
+        from contextlib import nullcontext
+
+        from quadapter.models.arch import for_model
+
+        inputs, labels, tokens = self.unpack(batch)
+        hidden, attention = self.w_hidden > 0, self.w_attention > 0
+        arch = for_model(model)
+        path = arch.block_sites[arch.attention_output] if attention else ""
+        with (_Captured(model, path) if attention else nullcontext()) as s_attn:
+            student = model(**inputs, labels=labels, output_hidden_states=hidden)
+        with torch.no_grad(), (_Captured(self.teacher, path) if attention else nullcontext()) as t_attn:
             teacher = self.teacher(**inputs, output_hidden_states=hidden)
         s, t = student.logits.float(), teacher.logits.float()
         if s.shape != t.shape:
@@ -63,22 +133,29 @@ class DistillationLoss:
             logits = F.mse_loss(s, t)
         else:
             temp = self.temperature
-            logits = F.kl_div(F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1),
-                              log_target=True, reduction="batchmean") * temp**2
+            kl = F.kl_div(F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1), log_target=True,
+                          reduction="none").sum(-1)  # per example (GLUE) or per token (LM)
+            weight = tokens.to(kl.dtype) if kl.shape == tokens.shape else torch.ones_like(kl)
+            logits = (kl * weight).sum() / weight.sum() * temp**2
         parts = {"task": student.loss, "logits": logits}
+        mask = tokens.unsqueeze(-1).to(s.dtype)  # real tokens only
+        if hidden or attention:
+            n_student = len(student.hidden_states) if hidden else len(s_attn.outputs) + 1
+            n_teacher = len(teacher.hidden_states) if hidden else len(t_attn.outputs) + 1
+            pairs = self._layer_map(n_student, n_teacher)
         if hidden:
             sh, th = student.hidden_states, teacher.hidden_states
-            if len(sh) != len(th) or sh[-1].shape != th[-1].shape:
-                raise ConfigError("config error: the teacher's hidden states do not match the "
-                                  "student's (layers or width): set distill.weights.hidden=0 or use a "
-                                  "teacher of the same architecture")
-            mask = inputs["attention_mask"].unsqueeze(-1).to(sh[0].dtype)  # real tokens only
-            scale = mask.sum() * sh[0].shape[-1]
-            parts["hidden"] = torch.stack([((a - b).pow(2) * mask).sum() / scale
-                                           for a, b in zip(sh, th)]).mean()
+            if sh[-1].shape[-1] != th[-1].shape[-1]:
+                raise ConfigError("config error: the teacher's hidden width differs from the student's: set "
+                                  "distill.weights.hidden=0 or use a teacher of the same width")
+            parts["hidden"] = torch.stack([self._mse(sh[i], th[j], mask) for i, j in enumerate(pairs)]).mean()
+        if attention:
+            parts["attention"] = torch.stack([self._mse(s_attn.outputs[i - 1], t_attn.outputs[j - 1], mask)
+                                              for i, j in enumerate(pairs) if i > 0 and j > 0]).mean()
         return parts
 
     def __call__(self, model: nn.Module, batch) -> torch.Tensor:
         parts = self.parts(model, batch)
-        total = self.w_task * parts["task"] + self.w_logits * parts["logits"]
-        return total + self.w_hidden * parts["hidden"] if "hidden" in parts else total
+        weights = {"task": self.w_task, "logits": self.w_logits, "hidden": self.w_hidden,
+                   "attention": self.w_attention}
+        return sum(weights[k] * v for k, v in parts.items())

@@ -124,7 +124,9 @@ def _loss(ctx, distill: bool):
         return ctx.task.loss
     teacher, record = load_teacher(ctx.cfg, ctx.tokenizer, ctx.device)
     ctx.summary["distill"] = record
-    return DistillationLoss(teacher, spec.temperature, **spec.weights)
+    layers = spec.get("layers")
+    return DistillationLoss(teacher, spec.temperature, **spec.weights, unpack=ctx.task.model_inputs,
+                            layers=None if layers is None else list(layers))
 
 
 def train(ctx, param_groups: list[dict], train_cfg, phase: str, config_key: str,

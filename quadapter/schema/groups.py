@@ -599,6 +599,7 @@ class DistillWeights:
     task: float = knob(check=NON_NEGATIVE)
     logits: float = knob(check=NON_NEGATIVE)
     hidden: float = knob(check=NON_NEGATIVE, hint="0 = no hidden-state term")
+    attention: float = knob(0.0, check=NON_NEGATIVE, hint="0 = no attention-output term")
 
 
 @dataclass
@@ -607,6 +608,8 @@ class KnowledgeDistill:
     teacher: Optional[str] = knob(None, hint="a completed method=fp run dir saved with task.finetune.save=true")
     temperature: float = knob(check=POSITIVE)
     weights: DistillWeights = knob()
+    layers: Optional[List[int]] = knob(None, hint="the teacher's hidden-state index per student hidden state "
+                                                  "(0 = embeddings); null = the same indices")
 
 
 DISTILLS = {"none": NoDistill, "kd": KnowledgeDistill}

@@ -61,6 +61,11 @@ class Task(ABC):
         """The training loss of one batch."""
 
     @abstractmethod
+    def model_inputs(self, batch: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """A training batch as the model's keyword inputs, the labels and the mask of the tokens that
+        count (what distillation compares a student and its teacher on)."""
+
+    @abstractmethod
     def train_data(self, train_cfg: Mapping[str, Any], seed: int,
                    context: str) -> tuple[pl.LightningDataModule, dict[str, Any]]:
         """``train_cfg.steps × train_cfg.batch_size`` seeded training samples, and what they were;

@@ -268,6 +268,10 @@ class Glue(Task):
         inputs, labels = batch
         return model(**inputs, labels=labels).loss
 
+    def model_inputs(self, batch) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        inputs, labels = batch
+        return inputs, labels, inputs["attention_mask"]  # padding does not count
+
     def train_data(self, train_cfg: Mapping[str, Any], seed: int,
                    context: str) -> tuple[pl.LightningDataModule, dict[str, Any]]:
         samples = train_cfg["steps"] * train_cfg["batch_size"]

@@ -94,6 +94,9 @@ class LanguageModelling(Task):
     def loss(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         return model(batch, labels=batch).loss
 
+    def model_inputs(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        return {"input_ids": batch}, batch, torch.ones_like(batch)  # every token of a block counts
+
     def train_data(self, train_cfg: Mapping[str, Any], seed: int,
                    context: str) -> tuple[pl.LightningDataModule, dict[str, Any]]:
         """Random blocks of the fine-tuning split (its first ``train_tokens`` tokens if set)."""

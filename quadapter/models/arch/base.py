@@ -93,6 +93,7 @@ class Architecture:
     head: str = "causal_lm"  # what its models end in: causal_lm, or sequence_classification (encoders)
     reserved_positions: int = 0  # position slots the context cannot use (RoBERTa's padding offset)
     new_head: tuple[str, ...] = ()  # parameters a task model gets fresh (a classifier), by prefix
+    attention_output: str = ""  # the block site whose output is the attention sublayer's (distillation)
 
     @property
     def sites(self) -> tuple[str, ...]:

@@ -34,6 +34,7 @@ GPT2 = Architecture(
         "v_proj": Region(LinearOutput("attn.c_attn", _v_channels), ("attn.c_proj",),
                          "V of attn.c_attn -> attn.c_proj", repeat_kv=True),
     },
+    attention_output="attn.c_proj",  # attention's output projection: the sublayer's output before the residual add
     context_key="n_positions",
     heads=_heads,
     doc="GPT-2 (gpt2, distilgpt2, tiny, proxy)",

@@ -41,6 +41,7 @@ LLAMA = Architecture(
         "v_proj": Region(LinearOutput("v_proj"), ("o_proj",), "v_proj -> o_proj", repeat_kv=True),
         "up_down": Region(LinearOutput("up_proj"), ("down_proj",), "up_proj -> down_proj"),
     },
+    attention_output="o_proj",  # attention's output projection: the sublayer's output before the residual add
     context_key="max_position_embeddings",
     heads=_heads,
     doc="Llama family (llama, mistral, qwen2: SmolLM2, TinyLlama, Llama 2/3, Mistral, Qwen2)",
