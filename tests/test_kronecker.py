@@ -100,3 +100,31 @@ def test_a_decomposed_model_saves_loads_and_gives_the_same_outputs(arch, tmp_pat
     assert sum(isinstance(m, KroneckerLinear) for m in loaded.modules()) == n_layers
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, factored, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_layer_dropped_student_is_the_teacher_s_kept_blocks_and_reloads(arch, tmp_path, small_model_dir):
+    from quadapter.models.layer_drop import every_other, keep_blocks
+    from quadapter.models.loading import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(str(small_model_dir))
+    teacher = random_model(arch, len(tokenizer))
+    model = random_model(arch, len(tokenizer))
+    ids = torch.randint(0, len(tokenizer), (2, 12))
+    record = keep_blocks(model, every_other(2))
+    assert record["kept_blocks"] == [0] and model.config.num_hidden_layers == 1
+    assert record["params_after"] < record["params_before"]
+    with torch.no_grad():  # = the teacher's embeddings, block 0 and head, nothing else
+        out = model(ids, output_hidden_states=True)
+        ref = teacher(ids, output_hidden_states=True)
+    torch.testing.assert_close(out.hidden_states[0], ref.hidden_states[0])
+    final_norm = teacher.base_model.ln_f if arch == "gpt2" else teacher.base_model.norm
+    with torch.no_grad():  # the student's last state: the final norm of the teacher's block 0 output
+        torch.testing.assert_close(out.hidden_states[1], final_norm(ref.hidden_states[1]), rtol=1e-5, atol=1e-5)
+    model.save_pretrained(tmp_path / "student")
+    tokenizer.save_pretrained(tmp_path / "student")
+    loaded, _ = load_model(str(tmp_path / "student"), arch=arch)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, out.logits, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="distinct increasing indices in 0..1"):
+        keep_blocks(random_model(arch, len(tokenizer)), [1, 0])
