@@ -419,6 +419,9 @@ def test_schema_names_equal_the_code_registries():
     from quadapter.methods import blockptq
 
     assert groups.BLOCKPTQ_LEARNS == blockptq.LEARNABLE
+    from quadapter.methods import kd_pretrain
+
+    assert groups.KD_STUDENTS == kd_pretrain.STUDENTS
     assert groups.WEIGHT_GRANULARITIES == quant_config.WEIGHT_GRANULARITIES
     assert groups.ACT_GRANULARITIES == quant_config.ACT_GRANULARITIES
     from quadapter.quant import levels

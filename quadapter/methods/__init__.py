@@ -19,7 +19,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from quadapter.errors import ConfigError
-from quadapter.methods import blockptq, distill, fp, gptq, lora, prequant, progressive, ptq, qat, quadapter
+from quadapter.methods import (blockptq, distill, fp, gptq, kd_pretrain, lora, prequant, progressive, ptq, qat,
+                               quadapter)
 from quadapter.methods.saved_finetune import saved_fp_run, starts_from_saved
 from quadapter.schema import validate
 from quadapter.tasks import Task
@@ -45,7 +46,7 @@ Method = Callable[[RunContext], nn.Module]
 METHODS: dict[str, Method] = {"fp": fp.apply, "ptq": ptq.apply, "qat": qat.apply,
                               "quadapter": quadapter.apply, "prequant": prequant.apply,
                               "lora": lora.apply, "progressive": progressive.apply, "gptq": gptq.apply,
-                              "blockptq": blockptq.apply}
+                              "blockptq": blockptq.apply, "kd_pretrain": kd_pretrain.apply}
 CHECKS: dict[str, Callable[[DictConfig], None]] = {"ptq": ptq.check, "qat": qat.check,
                                                      "quadapter": quadapter.check,
                                                      "prequant": prequant.check,

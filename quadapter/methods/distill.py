@@ -27,7 +27,8 @@ from quadapter.methods.saved_finetune import load_saved, saved_fp_run
 
 
 def check(cfg: DictConfig) -> None:
-    if cfg.get("distill") is not None and cfg.distill.name != "none":
+    """A saved teacher run is a completed FP fine-tuning of this task (kd_pretrain holds its own)."""
+    if cfg.get("distill") is not None and cfg.distill.name != "none" and cfg.method.name != "kd_pretrain":
         saved_fp_run(cfg, "distill.teacher")
 
 

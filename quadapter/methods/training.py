@@ -19,6 +19,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from torch import nn
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
 from quadapter import interrupts
@@ -117,20 +118,28 @@ class StopOnSignal(Callback):
                                  f"{self.last}", name)
 
 
-def _loss(ctx, distill: bool):
-    """The task's loss, or the distillation loss where the run asks for one (``distill=kd``)."""
+def _loss(ctx, distill: bool, teacher: nn.Module | None = None, layers: list[int] | None = None):
+    """The task's loss, or the distillation loss where the run asks for one (``distill=kd``): from
+    ``teacher`` when the method made one (the model it compressed), else from ``distill.teacher``'s
+    saved run. ``layers``: the method's layer map, where ``distill.layers`` leaves it open."""
     spec = ctx.cfg.get("distill")
     if not distill or spec is None or spec.name == "none":
         return ctx.task.loss
-    teacher, record = load_teacher(ctx.cfg, ctx.tokenizer, ctx.device)
-    ctx.summary["distill"] = record
-    layers = spec.get("layers")
+    if teacher is None:
+        teacher, record = load_teacher(ctx.cfg, ctx.tokenizer, ctx.device)
+    else:
+        record = {"teacher": "the loaded model before the method's transform", "temperature": spec.temperature,
+                  "weights": dict(spec.weights)}
+    configured = spec.get("layers")
+    layers = list(configured) if configured is not None else layers
+    ctx.summary["distill"] = record | {"layers": layers}
     return DistillationLoss(teacher, spec.temperature, **spec.weights, unpack=ctx.task.model_inputs,
-                            layers=None if layers is None else list(layers))
+                            layers=layers)
 
 
 def train(ctx, param_groups: list[dict], train_cfg, phase: str, config_key: str,
-          step_offset: int = 0, distill: bool = True) -> dict[str, Any]:
+          step_offset: int = 0, distill: bool = True, teacher: nn.Module | None = None,
+          layers: list[int] | None = None) -> dict[str, Any]:
     """Train ``ctx.model``'s ``param_groups`` on the task's loss and training data; returns the
     curve summary.
 
@@ -139,7 +148,8 @@ def train(ctx, param_groups: list[dict], train_cfg, phase: str, config_key: str,
     Checkpoints go to ``<run dir>/checkpoints/<phase>``; a run restarted in the same dir resumes
     from the last one. ``step_offset`` shifts the curve's steps (a schedule's later stages).
     ``distill``: train on the distillation loss when the run configures one (``distill=kd``);
-    False for the FP fine-tuning a teacher is made of.
+    False for the FP fine-tuning a teacher is made of. ``teacher`` and ``layers``: a teacher the
+    method holds (instead of a saved run) and its layer map (see ``_loss``).
     """
     cfg, model, task = ctx.cfg, ctx.model, ctx.task
     data, data_info = task.train_data(train_cfg, cfg.seed, config_key)
@@ -150,7 +160,7 @@ def train(ctx, param_groups: list[dict], train_cfg, phase: str, config_key: str,
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=every,
                                  save_top_k=0)
     module = TrainModule(model, param_groups, total_steps=train_cfg.steps,
-                         warmup_steps=train_cfg.warmup_steps, loss=_loss(ctx, distill))
+                         warmup_steps=train_cfg.warmup_steps, loss=_loss(ctx, distill, teacher, layers))
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
         precision=cfg.trainer.precision, max_steps=train_cfg.steps,

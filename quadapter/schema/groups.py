@@ -9,6 +9,7 @@ A key added to a YAML under conf/ needs its field here: the schema refuses keys 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -51,6 +52,7 @@ PREQUANT_CRITERIA = ("activation", "weight_norm", "random")  # quadapter.methods
 PROGRESSIVE_STARTS = ("finetuned", "pretrained")
 BLOCKPTQ_LEARNS = ("rounding", "weights", "scales")  # quadapter.methods.blockptq.LEARNABLE
 BLOCKPTQ_INPUTS = ("quantized", "fp")
+KD_STUDENTS = ("kronecker", "layer_drop")  # quadapter.methods.kd_pretrain.STUDENTS
 AUGMENTERS = ("none", "token_mask")  # quadapter.data.augment.AUGMENTERS  # quadapter.methods.progressive.STARTS
 SAMPLE_SEED = 0x5EED_C0DE  # quant/ranges.py's default sampling seed
 
@@ -464,6 +466,26 @@ class BlockPTQMethod:
 
 
 @dataclass
+class Student:
+    kind: str = knob(choices=KD_STUDENTS)
+    sites: Optional[List[str]] = knob(None, hint="block sites of the family; null = every block linear")
+    compression: float = knob(check=Check(lambda v: math.isfinite(v) and v >= 1, "a finite number >= 1"))
+    factors: Dict[str, List[int]] = knob(factory=dict, hint="site: [m1, n1], A's shape")
+    rank: int = knob(check=POSITIVE_INT)
+    keep: Optional[List[int]] = knob(None, hint="kept block indices; null = every other block")
+
+
+@dataclass
+class KDPretrainMethod:
+    name: str = knob()
+    student: Student = knob()
+    lr: float = knob(check=POSITIVE)
+    weight_decay: float = knob(check=NON_NEGATIVE)
+    train: Train = knob()
+    save_student: bool = knob()
+
+
+@dataclass
 class QATMethod:
     name: str = knob()
     lr: QATLr = knob()
@@ -546,7 +568,7 @@ class ProgressiveMethod:
 
 METHODS = {"fp": FPMethod, "ptq": PTQMethod, "qat": QATMethod, "quadapter": QuadapterMethod,
            "prequant": PreQuantMethod, "lora": LoraMethod, "progressive": ProgressiveMethod,
-           "gptq": GPTQMethod, "blockptq": BlockPTQMethod}
+           "gptq": GPTQMethod, "blockptq": BlockPTQMethod, "kd_pretrain": KDPretrainMethod}
 QUANTIZING_METHODS = ("ptq", "qat", "quadapter", "prequant", "lora", "progressive", "gptq", "blockptq")
 
 

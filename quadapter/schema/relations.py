@@ -247,17 +247,32 @@ def progressive_ends_at_the_runs_bits(v: View, p: Problems) -> None:
 
 @relation
 def distillation_fits_the_method_and_task(v: View, p: Problems) -> None:
-    """``distill=kd`` trains a GLUE student on an FP teacher's outputs: a training method on GLUE."""
+    """``distill=kd`` trains a GLUE student on an FP teacher's outputs (a training method on GLUE,
+    the teacher a saved run), or a compressed LM student on the model it was made from
+    (``method=kd_pretrain``, which holds its own teacher)."""
     if v("distill.name") == "none":
         return
     method, task = v("method.name"), v("task.name")
-    if task != "glue" or method not in DISTILLING_METHODS:
+    if method == "kd_pretrain":
+        if v("distill.teacher") is not None:
+            p.add("distill.teacher", f"method=kd_pretrain distils from the model it compresses, not from "
+                                     f"distill.teacher={v('distill.teacher')}: set distill.teacher=null")
+    elif task != "glue" or method not in DISTILLING_METHODS:
         p.add("distill", f"distill=kd with task={task} method={method}: distillation trains a GLUE "
                          f"model on an FP teacher's outputs, so it needs task=glue and one of the "
-                         f"methods that train ({', '.join(DISTILLING_METHODS)}); use distill=none")
+                         f"methods that train ({', '.join(DISTILLING_METHODS)}), or method=kd_pretrain "
+                         "(an LM student from its own teacher); use distill=none")
     elif v("distill.teacher") is None:
         p.add("distill.teacher", "distill=kd needs distill.teacher: the run dir of a completed "
                                  "method=fp task=glue run saved with task.finetune.save=true")
+
+
+@relation
+def kd_pretrain_quantizes_nothing(v: View, p: Problems) -> None:
+    if v("method.name") == "kd_pretrain" and (v("bits.weight") is not None or v("bits.act") is not None):
+        p.add("bits.name", f"method=kd_pretrain trains a compressed FP student, it quantizes nothing (bits="
+                           f"{v('bits.name')}): use bits=fp, then quantize the saved student in another run "
+                           "(model.name_or_path=<run dir>/student)")
 
 
 @relation
@@ -387,7 +402,9 @@ LM_ONLY_METHODS = {
     "gptq": "it quantizes a pretrained decoder block by block on token blocks of the calibration "
             "split; on GLUE the head is new, so quantize after fine-tuning: method=ptq",
     "blockptq": "it reconstructs a pretrained decoder's blocks on token blocks of the calibration "
-                "split; on GLUE the head is new, so quantize after fine-tuning: method=ptq"}
+                "split; on GLUE the head is new, so quantize after fine-tuning: method=ptq",
+    "kd_pretrain": "it pretrains a compressed causal LM on token blocks (its GLUE fine-tuning is a "
+                   "later run from the saved student)"}
 
 
 GLUE_ONLY_METHODS = {
