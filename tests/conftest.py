@@ -74,6 +74,22 @@ def crash_training(monkeypatch: pytest.MonkeyPatch) -> dict:
     return crash
 
 
+def refusal(*overrides: str) -> str:
+    """The one-line ``ConfigError`` that ``check_config`` raises for the config these overrides
+    compose (fails the test if it passes or if the message spans lines)."""
+    from hydra import compose, initialize_config_dir
+
+    from quadapter.errors import ConfigError
+    from quadapter.methods import check_config
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides))
+    with pytest.raises(ConfigError) as e:
+        check_config(cfg)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
 def run_context(cfg, model, tokenizer, run_dir, cache_dir, **kwargs):
     """A method's RunContext as the runner builds it, with the config's task (which reads its data)."""
     from quadapter.methods import RunContext

@@ -8,8 +8,9 @@ range per group of 64 input channels, the FP weights learned through the straigh
 sequences of ``--seq`` tokens, batch ``--batch-size``, quantized inputs. Every objective runs the
 engine's whole walk (FP outputs, targets, L2 before/after, steps), so the seconds are what a run pays
 per ``--steps`` steps; objectives run in an order rotated over ``--repeats`` rounds and the median is
-printed. Peak memory is the process's peak resident set (Linux ``VmHWM``, reset before each run)
-above what it held before; on a GPU ``torch.cuda.max_memory_allocated``.
+printed. Peak memory is measured apart, one fresh process per objective (``--one K,M``): its peak
+resident set (Linux ``VmHWM``) while reconstructing above what it held just before (in one long
+process the allocator's free pool hides later, smaller peaks); on a GPU ``torch.cuda.max_memory_allocated``.
 
     python experiments/benchmarks/blockptq_objectives.py [--blocks 8] [--steps 10] [--repeats 3]
 """
@@ -19,6 +20,8 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -43,6 +46,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128, help="tokens per sequence")
     parser.add_argument("--batch-size", type=int, default=4, help="sequences per step")
     parser.add_argument("--repeats", type=int, default=3, help="rounds (the median is printed)")
+    parser.add_argument("--one", help="K,M: run that objective once and print its peak memory (bytes)")
     args = parser.parse_args()
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -72,25 +76,32 @@ def main() -> None:
                            batch_size=args.batch_size, unit_size=k, target_offset=m, quantized_inputs=True)
         return time.perf_counter() - clock, peak() - base
 
+    if args.one:
+        print(run(*(int(v) for v in args.one.split(",")))[1])
+        return
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads; SmolLM2 shape, "
           f"{args.blocks} blocks, W3 g64, weights learned, {args.steps} steps per unit, {args.samples} x "
           f"{args.seq} tokens, batch {args.batch_size}; median of {args.repeats}")
     names = list(OBJECTIVES)
     seconds: dict[str, list[float]] = {n: [] for n in names}
-    memory: dict[str, list[int]] = {n: [] for n in names}
     for r in range(args.repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            s, mem = run(*OBJECTIVES[name])
-            seconds[name].append(s)
-            memory[name].append(mem)
+            seconds[name].append(run(*OBJECTIVES[name])[0])
+    memory = {}
+    for name, (k, m) in OBJECTIVES.items():  # a fresh process each: peaks are not hidden by a warm allocator
+        flags = [f"--{key}={value}" for key, value in (("blocks", args.blocks), ("steps", args.steps),
+                                                       ("samples", args.samples), ("seq", args.seq),
+                                                       ("batch-size", args.batch_size))]
+        out = subprocess.run([sys.executable, __file__, f"--one={k},{m}", *flags], capture_output=True,
+                             text=True, check=True).stdout
+        memory[name] = int(out.strip().splitlines()[-1])
     base_s = statistics.median(seconds[names[0]])
-    base_m = statistics.median(memory[names[0]])
     print(f"{'objective':<22}{'units':>6}{'seconds':>9}{'x base':>8}{'peak MiB':>10}{'x base':>8}")
     for name, (k, _) in OBJECTIVES.items():
-        s, mem = statistics.median(seconds[name]), statistics.median(memory[name])
+        s, mem = statistics.median(seconds[name]), memory[name]
         units = -(-args.blocks // k)
         print(f"{name:<22}{units:>6}{s:>9.1f}{s / base_s:>8.2f}{mem / 2**20:>10.0f}"
-              f"{(mem / base_m if base_m else float('nan')):>8.2f}")
+              f"{mem / memory[names[0]]:>8.2f}")
 
 
 if __name__ == "__main__":
