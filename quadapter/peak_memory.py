@@ -9,7 +9,6 @@ and methods of one kind of run, not as what a stretch allocated by itself.
 from __future__ import annotations
 
 import os
-import resource
 import threading
 from pathlib import Path
 
@@ -24,6 +23,8 @@ def resident_bytes() -> int:
     try:
         return int(_STATM.read_text().split()[1]) * _PAGE
     except OSError:
+        import resource  # POSIX only, and only where /proc is absent
+
         scale = 1 if os.uname().sysname == "Darwin" else 1024  # macOS reports bytes, Linux KiB
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 

@@ -64,7 +64,7 @@ def first(out):
     return out[0] if isinstance(out, tuple) else out
 
 
-def _manual_l2(sim, blocks, x, quantized_part, fp_part, fp_inputs_through=()):
+def _manual_l2(sim, blocks, x, quantized_part, fp_part):
     """mean((FP after-blocks(quantized unit(x))) − FP(unit + after)(x))², written out."""
     def run(mods, h):
         for m in mods:
@@ -81,24 +81,27 @@ def _manual_l2(sim, blocks, x, quantized_part, fp_part, fp_inputs_through=()):
     return float((prediction - target).pow(2).mean())
 
 
-def test_a_downstream_target_runs_the_blocks_after_the_unit_in_full_precision(quantized):
+def _walk_without_steps(quantized, **engine):
+    """The engine's walk over every block with no steps: its blocks, inputs and report."""
     model, sim, data = quantized
     blocks = list(model.transformer.h)
     with toggled(sim.enable, False):
         inputs, kwargs = capture_block_inputs(model, blocks, data, batch_size=24)
     report = reconstruct_blocks(blocks, inputs, kwargs, ranges_of(sim), lambda on: toggled(sim.enable, on),
-                                steps=0, batch_size=24, unit_size=1, target_offset=1)
+                                steps=0, batch_size=24, **engine)
+    return blocks, inputs, report
+
+
+def test_a_downstream_target_runs_the_blocks_after_the_unit_in_full_precision(quantized):
+    sim = quantized[1]
+    blocks, inputs, report = _walk_without_steps(quantized, unit_size=1, target_offset=1)
     assert [r["target_offset"] for r in report] == [1, 1, 0]  # the last unit has no block after it
     assert report[0]["l2_before"] == pytest.approx(_manual_l2(sim, blocks, inputs, blocks[:1], blocks[1:2]), rel=1e-5)
 
 
 def test_quantized_inputs_feed_each_unit_what_the_quantized_units_before_it_made(quantized):
-    model, sim, data = quantized
-    blocks = list(model.transformer.h)
-    with toggled(sim.enable, False):
-        inputs, kwargs = capture_block_inputs(model, blocks, data, batch_size=24)
-    report = reconstruct_blocks(blocks, inputs, kwargs, ranges_of(sim), lambda on: toggled(sim.enable, on),
-                                steps=0, batch_size=24, quantized_inputs=True)
+    sim = quantized[1]
+    blocks, inputs, report = _walk_without_steps(quantized, quantized_inputs=True)
     with torch.no_grad(), toggled(sim.enable, True):
         quantized_in = first(blocks[0](inputs))
     with torch.no_grad(), toggled(sim.enable, False):

@@ -17,6 +17,10 @@ from quadapter.errors import ConfigError
 from quadapter.methods import check_config
 from quadapter.methods.distill import DistillationLoss
 from quadapter.runner import run
+from quadapter.tasks.glue import Glue
+from quadapter.tasks.lm import LanguageModelling
+
+GLUE, LM = Glue.model_inputs, LanguageModelling.model_inputs  # how each task's batches unpack
 
 
 def _bert(num_labels: int, seed: int):
@@ -46,7 +50,7 @@ def _batch(num_labels: int):
 def test_loss_terms_equal_scipy_and_numpy_on_the_same_outputs(temperature):
     student, teacher = _bert(2, 0), _bert(2, 1)
     inputs, labels = _batch(2)
-    loss = DistillationLoss(teacher, temperature, task=0.3, logits=2.0, hidden=0.5)
+    loss = DistillationLoss(teacher, temperature, task=0.3, logits=2.0, hidden=0.5, unpack=GLUE)
     parts = {k: v.item() for k, v in loss.parts(student, (inputs, labels)).items()}
     with torch.no_grad():
         s = student(**inputs, output_hidden_states=True)
@@ -66,9 +70,9 @@ def test_loss_terms_equal_scipy_and_numpy_on_the_same_outputs(temperature):
 def test_a_student_equal_to_its_teacher_only_pays_the_task_loss_and_regression_uses_mse():
     student = _bert(1, 0)
     inputs, labels = _batch(1)
-    parts = DistillationLoss(_bert(1, 0), 1.0, 1.0, 1.0, 1.0).parts(student, (inputs, labels))
+    parts = DistillationLoss(_bert(1, 0), 1.0, 1.0, 1.0, 1.0, GLUE).parts(student, (inputs, labels))
     assert parts["logits"].item() == 0 and parts["hidden"].item() == 0
-    other = DistillationLoss(_bert(1, 3), 1.0, 1.0, 1.0, 0.0).parts(student, (inputs, labels))
+    other = DistillationLoss(_bert(1, 3), 1.0, 1.0, 1.0, 0.0, GLUE).parts(student, (inputs, labels))
     with torch.no_grad():
         diff = student(**inputs).logits - _bert(1, 3)(**inputs).logits
     assert "hidden" not in other and other["logits"].item() == pytest.approx(diff.pow(2).mean().item())
@@ -194,7 +198,7 @@ def test_lm_distillation_with_a_layer_map_equals_numpy_on_the_same_outputs():
 
     student, teacher = _gpt2(2, 0), _gpt2(4, 1)
     ids = torch.randint(0, 61, (2, 12), generator=torch.Generator().manual_seed(3))
-    unpack = lambda b: ({"input_ids": b}, b, torch.ones_like(b))  # noqa: E731 (the LM task's model_inputs)
+    unpack = LM
     layers = uniform_layer_map(2, 4)
     loss = DistillationLoss(teacher, 2.0, task=1.0, logits=1.0, hidden=1.0, attention=1.0, layers=layers,
                             unpack=unpack)
@@ -232,7 +236,7 @@ def test_the_attention_term_reads_each_family_s_attention_output_site():
                                             num_attention_heads=4, num_key_value_heads=2)).eval()
 
     student, teacher = llama(0), llama(1)
-    unpack = lambda b: ({"input_ids": b}, b, torch.ones_like(b))  # noqa: E731
+    unpack = LM
     ids = torch.randint(0, 61, (1, 8))
     outs = {"s": [], "t": []}
     for key, model in (("s", student), ("t", teacher)):
@@ -245,6 +249,6 @@ def test_the_attention_term_reads_each_family_s_attention_output_site():
 
 def test_a_depth_mismatch_without_a_layer_map_names_the_fix():
     loss = DistillationLoss(_gpt2(4, 1), 1.0, task=1.0, logits=1.0, hidden=1.0,
-                            unpack=lambda b: ({"input_ids": b}, b, torch.ones_like(b)))
+                            unpack=LM)
     with pytest.raises(ConfigError, match="map the layers"):
         loss.parts(_gpt2(2, 0), torch.randint(0, 61, (1, 8)))

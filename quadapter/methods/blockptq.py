@@ -79,9 +79,9 @@ def apply(ctx: RunContext) -> nn.Module:
     blocks = [block for _, block in named]
     model.eval()
     clock = time.perf_counter()
+    offload = method.offload_dir and ctx.run_dir / method.offload_dir
     with toggled(sim.enable, False):
-        inputs, kwargs = capture_block_inputs(model, blocks, batches, method.batch_size,
-                                              method.offload_dir and ctx.run_dir / method.offload_dir)
+        inputs, kwargs = capture_block_inputs(model, blocks, batches, method.batch_size, offload)
     roundings: dict[int, list[adaround.AdaRound]] = {}
 
     def trainable(unit: Sequence[nn.Module]) -> list[dict]:
@@ -117,7 +117,7 @@ def apply(ctx: RunContext) -> nn.Module:
     report = reconstruct_blocks(
         blocks, inputs, kwargs, trainable, lambda on: toggled(sim.enable, on), steps=method.steps,
         batch_size=method.batch_size, unit_size=method.unit_size, target_offset=method.target_offset,
-        seed=cfg.seed, offload_dir=method.offload_dir and ctx.run_dir / method.offload_dir,
+        seed=cfg.seed, offload_dir=offload,
         penalty=penalty if "rounding" in learn else None, finish=finish,
         quantized_inputs=method.inputs == "quantized", revert_if_worse=method.revert_if_worse)
     settle_on_grid(sim)

@@ -79,6 +79,13 @@ def capture_block_inputs(model: nn.Module, blocks: Sequence[nn.Module], batches:
     return inputs.data, kwargs
 
 
+def _through(blocks: Sequence[nn.Module], x: Tensor, kwargs: dict[str, Any]) -> Tensor:
+    """One batch through ``blocks`` in turn."""
+    for block in blocks:
+        x = _block_output(block(x, **kwargs))
+    return x
+
+
 def run_blocks(blocks: Sequence[nn.Module], inputs: Tensor, kwargs: dict[str, Any], batch_size: int,
                out: Tensor | None = None) -> Tensor:
     """``blocks`` applied in turn to ``inputs`` [N, T, D] in batches, results in ``out`` (default:
@@ -86,10 +93,7 @@ def run_blocks(blocks: Sequence[nn.Module], inputs: Tensor, kwargs: dict[str, An
     out = torch.empty_like(inputs) if out is None else out
     device = next(blocks[0].parameters()).device
     for i in range(0, len(inputs), batch_size):
-        x = inputs[i:i + batch_size].to(device)
-        for block in blocks:
-            x = _block_output(block(x, **kwargs))
-        out[i:i + batch_size] = x.detach().cpu()
+        out[i:i + batch_size] = _through(blocks, inputs[i:i + batch_size].to(device), kwargs).detach().cpu()
     return out
 
 
@@ -134,17 +138,12 @@ def reconstruct_blocks(
     kwargs = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in block_kwargs.items()}
     n = len(inputs)
 
-    def run(mods: Sequence[nn.Module], x: Tensor) -> Tensor:
-        for m in mods:
-            x = _block_output(m(x, **kwargs))
-        return x
-
     def predict(mods_q, mods_after, x) -> Tensor:
         """The quantized unit's output, pushed through the target's FP blocks."""
         with quantized(True):
-            h = run(mods_q, x)
+            h = _through(mods_q, x, kwargs)
         with quantized(False):
-            return run(mods_after, h)
+            return _through(mods_after, h, kwargs)
 
     report = []
     x_fp = x_q = inputs

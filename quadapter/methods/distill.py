@@ -15,6 +15,7 @@ the FP fine-tuning a method starts from does not (it is what a teacher is made o
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, Callable, Sequence
 
 import torch
@@ -24,11 +25,14 @@ from torch import nn
 
 from quadapter.errors import ConfigError
 from quadapter.methods.saved_finetune import load_saved, saved_fp_run
+from quadapter.models.arch import for_model
+from quadapter.schema.groups import OWN_TEACHER_METHODS
 
 
 def check(cfg: DictConfig) -> None:
     """A saved teacher run is a completed FP fine-tuning of this task (kd_pretrain holds its own)."""
-    if cfg.get("distill") is not None and cfg.distill.name != "none" and cfg.method.name != "kd_pretrain":
+    if (cfg.get("distill") is not None and cfg.distill.name != "none"
+            and cfg.method.name not in OWN_TEACHER_METHODS):
         saved_fp_run(cfg, "distill.teacher")
 
 
@@ -50,18 +54,10 @@ def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
     return [round(i * teacher_layers / student_layers) for i in range(student_layers + 1)]
 
 
-def pair_inputs(batch) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """An ``(inputs, labels)`` batch (GLUE's): the model's inputs, the labels, the real tokens."""
-    inputs, labels = batch
-    return inputs, labels, inputs["attention_mask"]
-
-
 class _Captured:
     """The outputs of one module per block during a forward (the attention sublayers')."""
 
     def __init__(self, model: nn.Module, path: str) -> None:
-        from quadapter.models.arch import for_model
-
         self.outputs: list[torch.Tensor] = []
         blocks = [b for _, b in for_model(model).block_list(model)]
         self.handles = [b.get_submodule(path).register_forward_hook(self._keep) for b in blocks]
@@ -88,12 +84,12 @@ class DistillationLoss:
     block ``layers[i]``−1. The logit KL averages over examples (GLUE) or real tokens (LM); a head
     with one output (regression) matches outputs by MSE. Hidden and attention MSEs average over the
     real (unpadded) tokens and the width. ``unpack(batch)`` gives the model inputs, labels and real
-    tokens of a batch (the task's ``model_inputs``; default: an ``(inputs, labels)`` pair).
+    tokens of a batch (the task's ``model_inputs``).
     """
 
     def __init__(self, teacher: nn.Module, temperature: float, task: float, logits: float,
-                 hidden: float, attention: float = 0.0, layers: Sequence[int] | None = None,
-                 unpack: Callable[[Any], tuple[dict, torch.Tensor, torch.Tensor]] = pair_inputs) -> None:
+                 hidden: float, unpack: Callable[[Any], tuple[dict, torch.Tensor, torch.Tensor]],
+                 attention: float = 0.0, layers: Sequence[int] | None = None) -> None:
         self.teacher, self.temperature = teacher, temperature
         self.w_task, self.w_logits, self.w_hidden, self.w_attention = task, logits, hidden, attention
         self.layers, self.unpack = (list(layers) if layers is not None else None), unpack
@@ -114,10 +110,6 @@ class DistillationLoss:
         return self.layers
 
     def parts(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
-        from contextlib import nullcontext
-
-        from quadapter.models.arch import for_model
-
         inputs, labels, tokens = self.unpack(batch)
         hidden, attention = self.w_hidden > 0, self.w_attention > 0
         arch = for_model(model)

@@ -1,7 +1,7 @@
 """Kronecker decomposition of a model's block linears (KnGPT2), through the architecture adapter.
 
-``kronecker_decompose`` replaces the chosen sites of every block (the family's site names: GPT-2's
-``attn.c_attn`` …, Llama's ``q_proj`` …) by ``KroneckerLinear`` layers initialized at the nearest
+``kronecker_decompose`` replaces the chosen sites of every block (the family's site names, from its
+adapter) by ``KroneckerLinear`` layers initialized at the nearest
 Kronecker product of their pretrained weights. Factor shapes are given per site or chosen for a
 target compression (``choose_factors``). What was done is a ``spec`` (per layer: factor shapes and
 rank), saved beside the weights as ``kronecker.json``; ``apply_spec`` rebuilds the same structure on
@@ -16,11 +16,10 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from quadapter.models.arch import for_model
 from quadapter.models.kronecker import KroneckerLinear
-from quadapter.models.sites import check_site_names, is_linear
+from quadapter.models.sites import check_site_names, input_axis, is_linear
 
 SPEC_FILE = "kronecker.json"
 
@@ -54,17 +53,13 @@ def choose_factors(out_features: int, in_features: int, compression: float,
 
 
 def _dense_weight(layer: nn.Module) -> torch.Tensor:
-    """The weight as [out, in] (HF Conv1D stores [in, out])."""
-    return layer.weight.T if isinstance(layer, Conv1D) else layer.weight
+    """The weight as [out, in], whichever layout the layer stores (``sites.input_axis``)."""
+    return layer.weight.T if input_axis(layer) == 0 else layer.weight
 
 
 def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     parent, _, attr = name.rpartition(".")
     return (model.get_submodule(parent) if parent else model), attr
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 @torch.no_grad()
@@ -82,7 +77,7 @@ def kronecker_decompose(model: nn.Module, sites: Sequence[str] | None, compressi
     if unknown:
         raise ValueError(f"{', '.join(unknown)}: not block linears of {arch.family} "
                          f"({', '.join(arch.block_sites)})")
-    before = _count(model)
+    before = sum(p.numel() for p in model.parameters())  # tied weights once
     layers: dict[str, dict[str, Any]] = {}
     for block_name, block in arch.block_list(model):
         for site in names:
@@ -107,7 +102,7 @@ def kronecker_decompose(model: nn.Module, sites: Sequence[str] | None, compressi
             setattr(parent, attr, kron)
             layers[f"{block_name}.{path}"] = {"a": list(shapes[0]), "b": list(shapes[1]), "rank": rank,
                                              "bias": layer.bias is not None}
-    after = _count(model)
+    after = sum(p.numel() for p in model.parameters())
     return {"spec": {"layers": layers}, "params_before": before, "params_after": after,
             "compression": before / after}
 

@@ -30,7 +30,7 @@ def keep_blocks(model: nn.Module, keep: Sequence[int]) -> dict[str, Any]:
     keep = [int(i) for i in keep]
     if not keep or keep != sorted(set(keep)) or keep[0] < 0 or keep[-1] >= n:
         raise ValueError(f"blocks to keep must be distinct increasing indices in 0..{n - 1}, got {keep}")
-    before = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    before = sum(p.numel() for p in model.parameters())  # tied weights once
     kept = nn.ModuleList([blocks[i] for i in keep])
     parent_name, _, attr = arch.blocks.rpartition(".")
     setattr(base.get_submodule(parent_name) if parent_name else base, attr, kept)
@@ -42,5 +42,5 @@ def keep_blocks(model: nn.Module, keep: Sequence[int]) -> dict[str, Any]:
     layer_types = getattr(model.config, "layer_types", None)
     if isinstance(layer_types, list) and len(layer_types) == n:
         model.config.layer_types = [layer_types[i] for i in keep]
-    after = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    after = sum(p.numel() for p in model.parameters())  # tied weights once
     return {"kept_blocks": keep, "blocks_before": n, "params_before": before, "params_after": after}

@@ -178,25 +178,26 @@ class FakeQuantizer(nn.Module):
     def _qparams(self, x: Tensor, axis: int | None) -> tuple[Tensor, Tensor]:
         """Scale and zero point (float, broadcastable against ``x``), learned or stored."""
         # qparams in fp32 even after model.half(): the fused kernels and 16-bit grids need it
+        self._check_calibrated()
         if self.learned_range is not None:
             scale, zero_point = self.learned_range(x.numel() // self.scale.numel())
-        elif self.scale.numel() == 0:
-            raise RuntimeError("FakeQuantizer is not calibrated: calibrate(), run data, freeze()")
         else:
             scale, zero_point = self.scale, self.zero_point
         return self._bcast(scale.float(), x, axis), self._bcast(zero_point.float(), x, axis)
 
     def _quantize(self, x: Tensor, axis: int | None) -> Tensor:
         """Fake-quantize with the stored (or learned) range: one, or one per index of ``axis``."""
+        if self.rounding is None and self.learned_range is None:  # the fast fixed-range kernels
+            self._check_calibrated()
+            return fake_quant_fixed(x, self.scale.float(), self.zero_point, self.qmin, self.qmax, axis)
+        scale, zero_point = self._qparams(x, axis)
         if self.rounding is not None:
-            scale, zero_point = self._qparams(x, axis)
             return fake_quant_rounded(x, scale, zero_point, self.qmin, self.qmax, self.rounding)
-        if self.learned_range is not None:
-            scale, zero_point = self._qparams(x, axis)
-            return fake_quant(x, scale, zero_point, self.qmin, self.qmax)
+        return fake_quant(x, scale, zero_point, self.qmin, self.qmax)
+
+    def _check_calibrated(self) -> None:
         if self.scale.numel() == 0:
             raise RuntimeError("FakeQuantizer is not calibrated: calibrate(), run data, freeze()")
-        return fake_quant_fixed(x, self.scale.float(), self.zero_point, self.qmin, self.qmax, axis)
 
     def _to_groups(self, w: Tensor) -> Tensor:
         """A 2-D weight as [out·in/group_size, group_size]: one row per group, output-major."""

@@ -636,6 +636,7 @@ class KnowledgeDistill:
 
 DISTILLS = {"none": NoDistill, "kd": KnowledgeDistill}
 DISTILLING_METHODS = ("qat", "progressive", "prequant", "lora")  # the methods that train on GLUE
+OWN_TEACHER_METHODS = ("kd_pretrain",)  # distil from the model they compress, not from distill.teacher
 
 
 def loads_finetuning(method: str, start: str | None = None) -> bool:

@@ -13,6 +13,7 @@ from quadapter.models.arch import FAMILIES, LinearOutput
 from quadapter.schema.fields import Problems, list_problem, show
 from quadapter.schema.groups import (
     DISTILLING_METHODS,
+    OWN_TEACHER_METHODS,
     EMBEDDED_DOMAINS,
     EMBEDDED_SPLITS,
     LEVEL_GRANULARITIES,
@@ -253,9 +254,9 @@ def distillation_fits_the_method_and_task(v: View, p: Problems) -> None:
     if v("distill.name") == "none":
         return
     method, task = v("method.name"), v("task.name")
-    if method == "kd_pretrain":
+    if method in OWN_TEACHER_METHODS:
         if v("distill.teacher") is not None:
-            p.add("distill.teacher", f"method=kd_pretrain distils from the model it compresses, not from "
+            p.add("distill.teacher", f"method={method} distils from the model it compresses, not from "
                                      f"distill.teacher={v('distill.teacher')}: set distill.teacher=null")
     elif task != "glue" or method not in DISTILLING_METHODS:
         p.add("distill", f"distill=kd with task={task} method={method}: distillation trains a GLUE "

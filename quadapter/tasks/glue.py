@@ -268,7 +268,8 @@ class Glue(Task):
         inputs, labels = batch
         return model(**inputs, labels=labels).loss
 
-    def model_inputs(self, batch) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def model_inputs(batch) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         inputs, labels = batch
         return inputs, labels, inputs["attention_mask"]  # padding does not count
 

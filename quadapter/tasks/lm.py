@@ -94,7 +94,8 @@ class LanguageModelling(Task):
     def loss(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         return model(batch, labels=batch).loss
 
-    def model_inputs(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def model_inputs(batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         return {"input_ids": batch}, batch, torch.ones_like(batch)  # every token of a block counts
 
     def train_data(self, train_cfg: Mapping[str, Any], seed: int,
