@@ -44,7 +44,7 @@ def test_forward_equals_the_materialized_product_for_linear_and_conv1d_layouts()
     torch.testing.assert_close(kc(x), x @ kc.weight().T + conv.bias, rtol=1e-5, atol=1e-5)
     assert sum(p.numel() for p in k.parameters()) == 2 * (3 * 4 + 4 * 6) + 12
     k(x).sum().backward()
-    assert k.a.grad is not None and k.b.grad is not None
+    assert k.left.weight.grad is not None and k.right.weight.grad is not None
 
 
 def test_shapes_that_do_not_fit_are_refused_with_the_fix():
@@ -128,3 +128,46 @@ def test_a_layer_dropped_student_is_the_teacher_s_kept_blocks_and_reloads(arch, 
         torch.testing.assert_close(loaded(ids).logits, out.logits, rtol=0, atol=0)
     with pytest.raises(ValueError, match="distinct increasing indices in 0..1"):
         keep_blocks(random_model(arch, len(tokenizer)), [1, 0])
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_factored_layer_quantizes_as_its_two_factor_linears(arch):
+    """W8A8 on a decomposed model: each factored layer is two sites (``right`` at the input, ``left`` at
+    the intermediate), whose fake-quantized forward is the factored forward of the quantized factors on the
+    quantized inputs; removal restores the model exactly; scale regions refuse a factored layer."""
+    from quadapter.models.arch import for_model
+    from quadapter.models.decompose import kronecker_decompose
+    from quadapter.models.regions import block_regions
+    from quadapter.models.sites import quant_sites
+    from quadapter.quant.sim import QuantizerConfig, QuantSim
+
+    model = random_model(arch, 100)
+    kronecker_decompose(model, None, compression=4, rank=2)
+    ids = torch.randint(0, 100, (2, 16))
+    with torch.no_grad():
+        dense = model(ids).logits
+    layers, _ = quant_sites(model, None)
+    factored = [m for m in model.modules() if isinstance(m, KroneckerLinear)]
+    assert len(layers) == 2 * len(factored) and [s.name.rsplit(".", 1)[1] for s in layers[:2]] == ["right", "left"]
+    sim = QuantSim(model, layers, (), QuantizerConfig(8, granularity="per_channel"), QuantizerConfig(8))
+    sim.calibrate([ids], progress=False)
+    k = factored[0]
+    x = torch.randn(3, k.in_features)
+    with torch.no_grad():
+        got = k(x)
+        n2 = k.b_shape[1]
+        n1 = k.in_features // n2
+        right, left = k.right, k.left  # QuantizedLayers now
+        z = right.input_quantizer(x.reshape(3, n1, n2)) @ right.weight_quantizer(right.layer.weight).T
+        z = z.reshape(3, n1, k.rank, k.b_shape[0]).permute(0, 3, 2, 1).reshape(3, k.b_shape[0], k.rank * n1)
+        y = left.input_quantizer(z) @ left.weight_quantizer(left.layer.weight).T
+        ref = y.transpose(-1, -2).reshape(3, k.out_features) + (0 if k.bias is None else k.bias)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        quantized = model(ids).logits
+    assert 0 < float((quantized - dense).abs().max()) < 0.1 * float(dense.abs().max())
+    sim.remove()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, dense, rtol=0, atol=0)
+    region = next(iter(for_model(model).regions))
+    with pytest.raises(ValueError, match="Kronecker-factored: a channel scale folds only into a dense linear"):
+        block_regions(model, [region])

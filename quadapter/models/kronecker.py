@@ -50,17 +50,29 @@ def kron_sum(a: Tensor, b: Tensor) -> Tensor:
 
 class KroneckerLinear(nn.Module):
     """``y = x·(Σ_k A_k ⊗ B_k)ᵀ + bias``: an ``nn.Linear`` of ``n1·n2 → m1·m2`` features whose weight
-    is a sum of ``rank`` Kronecker products, computed as ``A_k·X·B_kᵀ`` on each input viewed as
-    ``X`` [n1, n2]."""
+    is a sum of ``rank`` Kronecker products, computed as ``Σ_k A_k·X·B_kᵀ`` on each input viewed as
+    ``X`` [n1, n2].
+
+    The factors live in two bias-free ``nn.Linear`` children, the two matmuls an integer kernel runs:
+    ``right`` (weight ``[B_1; …; B_r]``, [r·m2, n2]) maps ``X``'s rows to ``Z`` [n1, r·m2], and
+    ``left`` (weight ``[A_1 … A_r]``, [m1, r·n1]) contracts ``Z`` over (k, n1). Quantization then
+    needs nothing special: the quantizer sites of a factored layer are these two linears
+    (``quadapter.models.sites``), each with its own input (``X``, then ``Z``) and weight.
+    """
 
     def __init__(self, a: Tensor, b: Tensor, bias: Tensor | None = None) -> None:
         super().__init__()
         if a.dim() != 3 or b.dim() != 3 or a.shape[0] != b.shape[0]:
             raise ValueError(f"factors must be [rank, m1, n1] and [rank, m2, n2], got {tuple(a.shape)} and "
                              f"{tuple(b.shape)}")
-        self.a, self.b = nn.Parameter(a.clone()), nn.Parameter(b.clone())
-        self.out_features = a.shape[1] * b.shape[1]
-        self.in_features = a.shape[2] * b.shape[2]
+        (r, m1, n1), (_, m2, n2) = a.shape, b.shape
+        self.a_shape, self.b_shape, self.rank = (m1, n1), (m2, n2), r
+        self.right = nn.Linear(n2, r * m2, bias=False, device=b.device, dtype=b.dtype)
+        self.left = nn.Linear(r * n1, m1, bias=False, device=a.device, dtype=a.dtype)
+        with torch.no_grad():
+            self.right.weight.copy_(b.reshape(r * m2, n2))
+            self.left.weight.copy_(a.permute(1, 0, 2).reshape(m1, r * n1))
+        self.out_features, self.in_features = m1 * m2, n1 * n2
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone().reshape(self.out_features))
 
     @classmethod
@@ -71,21 +83,29 @@ class KroneckerLinear(nn.Module):
         return cls(*nearest_kronecker(weight, a_shape, b_shape, rank), bias)
 
     @property
-    def rank(self) -> int:
-        return self.a.shape[0]
+    def a(self) -> Tensor:
+        """The A factors, [rank, m1, n1] (a view of ``left.weight``)."""
+        m1, n1 = self.a_shape
+        return self.left.weight.view(m1, self.rank, n1).transpose(0, 1)
+
+    @property
+    def b(self) -> Tensor:
+        """The B factors, [rank, m2, n2] (a view of ``right.weight``)."""
+        return self.right.weight.view(self.rank, *self.b_shape)
 
     def weight(self) -> Tensor:
         """The full [out, in] weight the factors stand for."""
         return kron_sum(self.a, self.b)
 
     def forward(self, x: Tensor) -> Tensor:
-        _, m1, n1 = self.a.shape
-        _, m2, n2 = self.b.shape
-        grid = x.reshape(*x.shape[:-1], n1, n2)
-        y = torch.einsum("kij,...jl,kml->...im", self.a, grid, self.b).reshape(*x.shape[:-1], m1 * m2)
+        (m1, n1), (m2, n2), lead = self.a_shape, self.b_shape, x.shape[:-1]
+        z = self.right(x.reshape(*lead, n1, n2))                        # [..., n1, r·m2]
+        z = z.reshape(*lead, n1, self.rank, m2).permute(*range(len(lead)), -1, -2, -3)  # [..., m2, r, n1]
+        y = self.left(z.reshape(*lead, m2, self.rank * n1))             # [..., m2, m1]
+        y = y.transpose(-1, -2).reshape(*lead, m1 * m2)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
-        (r, m1, n1), (_, m2, n2) = self.a.shape, self.b.shape
-        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={r}, "
+        (m1, n1), (m2, n2) = self.a_shape, self.b_shape
+        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
                 f"a=[{m1}, {n1}], b=[{m2}, {n2}], bias={self.bias is not None}")

@@ -25,6 +25,7 @@ from quadapter.adapters.scaling import (
     scale_output_channels,
 )
 from quadapter.models.arch import Architecture, LinearOutput, Norm, Region, for_model
+from quadapter.models.kronecker import KroneckerLinear
 from quadapter.models.sites import input_axis
 from quadapter.quant.sim import QuantizedLayer, QuantSim
 
@@ -84,6 +85,14 @@ def block_regions(model: nn.Module, names: Sequence[str]) -> dict[str, BlockRegi
     for block_name, block in arch.block_list(model):
         for name in names:
             region = arch.regions[name]
+            sites = list(region.consumers) + (
+                [region.producer.site] if isinstance(region.producer, LinearOutput) else [])
+            factored = [s for s in sites if isinstance(_unwrap(block.get_submodule(arch.block_sites[s])),
+                                                       KroneckerLinear)]
+            if factored:
+                raise ValueError(f"scale region {name} of {block_name} folds into {', '.join(factored)}, which "
+                                 "is Kronecker-factored: a channel scale folds only into a dense linear; use "
+                                 "adapter=none (PTQ, QAT) on a decomposed model")
             start = 0
             if isinstance(region.producer, Norm):
                 producer = block.get_submodule(region.producer.path)

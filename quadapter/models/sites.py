@@ -6,7 +6,9 @@ in every block), plus its head sites (input and weight: ``lm_head``; an encoder'
 ``classifier``), ``embeddings`` (the embedding output entering block 0) and ``residual`` (the
 residual stream after every block). ``None`` means every block
 linear. Layers may be HF ``Conv1D`` (GPT-2, weight [in, out]) or ``nn.Linear`` (weight [out, in]):
-per-channel axes and the substitute-weight forward follow the layer's kind.
+per-channel axes and the substitute-weight forward follow the layer's kind. A block linear
+factored into Kronecker products (``KroneckerLinear``, KnGPT2) is two sites, its ``right`` and
+``left`` factor linears, each quantized at its own input and weight: the two matmuls that run.
 
 Not offered: attention scores/probabilities (computed inside HF's attention function, SDPA by
 default, with no module boundary to hook) and the residual sum after attention (an inline add in
@@ -22,6 +24,7 @@ from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
 from quadapter.models.arch import Architecture, for_model
+from quadapter.models.kronecker import KroneckerLinear
 from quadapter.quant.sim import LayerSite, OutputSite, linear_forward
 
 Sites = tuple[list[LayerSite], list[OutputSite]]
@@ -53,6 +56,13 @@ def layer_site(name: str, module: nn.Module) -> LayerSite:
                      forward=conv1d_forward if isinstance(module, Conv1D) else linear_forward)
 
 
+def _layer_sites(name: str, module: nn.Module) -> list[LayerSite]:
+    """One site per dense linear; a Kronecker-factored one is its two factor linears."""
+    if isinstance(module, KroneckerLinear):
+        return [layer_site(f"{name}.{factor}", getattr(module, factor)) for factor in ("right", "left")]
+    return [layer_site(name, module)]
+
+
 def check_site_names(names: Sequence[str] | None, arch: Architecture) -> list[str]:
     """The names, validated against the family (``None``: every block linear)."""
     if names is None:
@@ -81,12 +91,15 @@ def quant_sites(model: nn.Module, names: Sequence[str] | None) -> Sites:
     if "embeddings" in names:
         outputs.append(OutputSite(arch.embeddings_path(model)))
     for block_name, block in arch.block_list(model):
-        unknown = [n for n, m in block.named_modules() if is_linear(m) and n not in known]
+        factored = tuple(f"{n}." for n, m in block.named_modules() if isinstance(m, KroneckerLinear))
+        unknown = [n for n, m in block.named_modules()
+                   if is_linear(m) and n not in known and not n.startswith(factored)]
         if unknown:
             raise ValueError(f"{block_name} has linear layers the {arch.family} site map does not "
                              f"cover: {', '.join(unknown)}")
-        layers += [layer_site(f"{block_name}.{path}", block.get_submodule(path))
-                   for site, path in arch.block_sites.items() if site in names]
+        for site, path in arch.block_sites.items():
+            if site in names:
+                layers += _layer_sites(f"{block_name}.{path}", block.get_submodule(path))
         if "residual" in names:
             outputs.append(OutputSite(block_name))
     for site, path in arch.head_sites.items():
