@@ -227,6 +227,24 @@ def test_lm_distillation_with_a_layer_map_equals_numpy_on_the_same_outputs():
     assert loss(student, ids).item() == pytest.approx(sum(parts.values()), rel=1e-5)
 
 
+def test_a_distilled_step_reports_the_task_loss_for_the_curves_beside_the_objective():
+    """The curves' train metric (LM: train/ppl) is the task's own loss, not exp of the KD objective."""
+    from quadapter.methods.train_module import TrainModule, weight_groups
+
+    student, teacher = _gpt2(2, 0), _gpt2(4, 1)
+    ids = torch.randint(0, 61, (2, 12), generator=torch.Generator().manual_seed(3))
+    loss = DistillationLoss(teacher, 1.0, task=1.0, logits=1.0, hidden=1.0, attention=1.0,
+                            layers=[0, 2, 4], unpack=LM)
+    module = TrainModule(student, weight_groups(student, 1e-3, 0.0), total_steps=1, loss=loss)
+    module.log = lambda *args, **kwargs: None  # no trainer attached
+    out = module.training_step(ids, 0)
+    with torch.no_grad():
+        ce = student(ids, labels=ids).loss.item()
+    assert out["task_loss"].item() == pytest.approx(ce, rel=1e-6)
+    assert out["loss"].item() == pytest.approx(sum(v.item() for v in loss.last_terms.values()), rel=1e-6)
+    assert out["loss"].item() > ce  # the objective adds the KD terms
+
+
 def test_the_attention_term_reads_each_family_s_attention_output_site():
     from transformers import LlamaConfig, LlamaForCausalLM
 

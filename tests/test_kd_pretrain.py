@@ -49,6 +49,31 @@ def test_a_student_trains_saves_and_reloads(student, distill, tmp_path, small_mo
         torch.testing.assert_close(student_model(ids).logits, again(ids).logits, rtol=0, atol=0)
 
 
+def test_pretraining_data_is_a_slice_of_the_model_s_own_domains_and_a_factored_student_quantizes(
+        tmp_path, small_model_dir, isolated_env):
+    """method.data=pretraining: every pretraining domain of the loaded model, cut to train_tokens; the
+    saved Kronecker student then goes through W8A8 PTQ with its factor linears as the quantizer sites."""
+    from conftest import SMALL_SPEC
+
+    res = run(make_cfg(small_model_dir, "method.data=pretraining", "method.train.train_tokens=3000",
+                       "distill=kd"), tmp_path / "kd")
+    assert res["status"] == "completed", res["error"]
+    assert set(res["training"]["domain_tokens"]) == set(SMALL_SPEC["domains"])
+    assert all(n == 3000 for n in res["training"]["domain_tokens"].values())
+    assert res["training"]["train_tokens"] == 3000 * len(SMALL_SPEC["domains"])
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[*SMALL_OVERRIDES, "eval.max_tokens=2048", "logger=csv", "method=ptq",
+                                           "bits=w8a8", "quantizer.calibration.blocks=4",
+                                           f"model.name_or_path={res['student']['saved']}",
+                                           f"paths.cache_dir={small_model_dir.parents[1]}"])
+    ptq = run(cfg, tmp_path / "ptq")
+    assert ptq["status"] == "completed", ptq["error"]
+    layers = ptq["quantization"]["quantized_layers"]
+    assert len(layers) == 2 * 4 * 2 and all(name.endswith((".right", ".left")) for name in layers)
+    fp_ppl = res["metrics"][f"test/{cfg.dataset.name}/ppl"]
+    assert abs(ptq["metrics"][f"test/{cfg.dataset.name}/ppl"] / fp_ppl - 1) < 0.05  # W8A8 costs little
+
+
 def test_what_kd_pretrain_cannot_do_is_refused_in_one_line():
     def refused(*overrides) -> str:
         return refusal("method=kd_pretrain", *overrides)
@@ -57,3 +82,39 @@ def test_what_kd_pretrain_cannot_do_is_refused_in_one_line():
     assert "set distill.teacher=null" in refused("distill=kd", "distill.teacher=runs/x")
     assert "method.student.kind" in refused("method.student.kind=pruned")
     assert "method.student.compression" in refused("method.student.compression=0.5")
+    assert "use method.data=dataset" in refused("method.data=pretraining", "model=smollm2-135m")
+
+
+@pytest.mark.slow
+def test_kngpt2_sweep_trains_every_student_then_quantizes_the_saved_ones(small_model_dir, tmp_path):
+    """`quadapter -m experiment=kngpt2` on the small pretrained GPT-2 (embedded data): the six students
+    train on the model's own pretraining slice, with ILKD where the row says, and the PTQ rows load the
+    KD students from the sweep dir and quantize their factor linears at W8A8."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "quadapter.cli", "-m", "experiment=kngpt2", "model=tiny", *SMALL_OVERRIDES,
+         "dataset=prose", "eval=embedded", "eval.max_tokens=1024", "eval.val_max_tokens=256", "logger=csv",
+         "method.train.steps=4", "method.train.batch_size=2", "method.train.warmup_steps=1",
+         "method.train.train_tokens=3000", "trainer.val_check_interval=2"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {p.parent.name.split("-")[0]: json.loads(p.read_text())
+            for p in (tmp_path / "multirun" / "kngpt2").glob("*/results.json")}
+    assert set(rows) == {"fp", "ptq", "kngpt2_2x", "kngpt2_2x_nokd", "kngpt2_4x", "kngpt2_4x_nokd", "distilgpt2",
+                         "distilgpt2_nokd", "kngpt2_2x_w8a8", "distilgpt2_w8a8"}
+    assert all(r["status"] == "completed" for r in rows.values()), {n: r.get("error") for n, r in rows.items()}
+    students = {n: r for n, r in rows.items() if r["method"] == "kd_pretrain"}
+    for name, r in students.items():
+        assert r["bits"] == "fp" and r["training"]["steps"] == 4
+        assert set(r["training"]["domain_tokens"]) == {"prose", "code"}
+        assert ("distill" in r) == (not name.endswith("_nokd"))
+        assert r["student"]["kind"] == ("layer_drop" if name.startswith("distilgpt2") else "kronecker")
+    assert students["kngpt2_4x"]["student"]["params_after"] < students["kngpt2_2x"]["student"]["params_after"]
+    for name in ("kngpt2_2x", "distilgpt2"):
+        ptq = rows[f"{name}_w8a8"]
+        assert ptq["bits"] == "w8a8"
+        assert ptq["model_source"]["dir"].endswith(f"multirun/kngpt2/{name}-tiny-prose/student")
+    assert all(n.endswith((".right", ".left")) for n in rows["kngpt2_2x_w8a8"]["quantization"]["quantized_layers"])

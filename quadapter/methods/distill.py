@@ -9,8 +9,9 @@ weighted by config. The teacher is a completed ``method=fp`` run of the same GLU
 fine-tuned model was saved (``task.finetune.save=true``: ``<run dir>/finetuned``); it must share the
 student's tokenizer, since the two read the same token ids.
 
-Any method that trains on GLUE takes it (``training.train`` swaps the task's loss for this one);
-the FP fine-tuning a method starts from does not (it is what a teacher is made of).
+Any method that trains on GLUE takes it (``training.train`` swaps the task's loss for this one),
+``fp`` too (a compressed student fine-tuned in FP with KD: KnGPT2's downstream step); the FP
+fine-tuning a quantizing method starts from does not (it is what a teacher is made of).
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class DistillationLoss:
         self.teacher, self.temperature = teacher, temperature
         self.w_task, self.w_logits, self.w_hidden, self.w_attention = task, logits, hidden, attention
         self.layers, self.unpack = (list(layers) if layers is not None else None), unpack
+        self.last_terms: dict[str, torch.Tensor] = {}  # the last call's unweighted terms
 
     def _mse(self, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return ((a - b).pow(2) * mask).sum() / (mask.sum() * a.shape[-1])
@@ -148,7 +150,10 @@ class DistillationLoss:
         return parts
 
     def __call__(self, model: nn.Module, batch) -> torch.Tensor:
+        """The weighted sum of the terms; ``last_terms`` keeps them (detached) for the logs and
+        the curves, whose train metric stays the task's own loss."""
         parts = self.parts(model, batch)
+        self.last_terms = {k: v.detach() for k, v in parts.items()}
         weights = {"task": self.w_task, "logits": self.w_logits, "hidden": self.w_hidden,
                    "attention": self.w_attention}
         return sum(weights[k] * v for k, v in parts.items())

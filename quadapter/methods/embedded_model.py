@@ -64,7 +64,8 @@ def domain_documents(spec: Mapping[str, Any], domain: str) -> list[str]:
     return embedded_documents(domain, "train")
 
 
-def _domain_text(spec: Mapping[str, Any], domain: str) -> str:
+def domain_text(spec: Mapping[str, Any], domain: str) -> str:
+    """One pretraining domain as the one string that is tokenized (its documents joined)."""
     corpora = spec.get("corpora") or {}
     joiner = corpora[domain]["joiner"] if domain in corpora else JOINER
     return joiner.join(domain_documents(spec, domain))
@@ -80,7 +81,7 @@ def _cache_key(spec: Mapping[str, Any]) -> dict[str, Any]:
     used = [d for d in spec["domains"] if d in (spec.get("corpora") or {})]
     if "corpora" in spec or "data_dir" in spec:
         key["spec"].pop("data_dir", None)
-        key["data"] = {d: hashlib.sha256(_domain_text(spec, d).encode()).hexdigest() for d in used}
+        key["data"] = {d: hashlib.sha256(domain_text(spec, d).encode()).hexdigest() for d in used}
     return key
 
 
@@ -129,7 +130,7 @@ def _pretrain(spec: dict, final: Path, cache_dir: str | Path) -> None:
     start = time.time()
     log.info("pretraining the embedded model into %s (once; later runs reuse it)", final)
     tok = _train_tokenizer(spec, work / "tokenizer")
-    train = [cached_encode(_domain_text(spec, d), tok, cache_dir) for d in spec["domains"]]
+    train = [cached_encode(domain_text(spec, d), tok, cache_dir) for d in spec["domains"]]
     pl.seed_everything(spec["seed"], workers=True, verbose=False)
     model = gpt2.new_model(vocab_size=len(tok), n_positions=spec["block_size"], n_embd=spec["n_embd"],
                            n_layer=spec["n_layer"], n_head=spec["n_head"],

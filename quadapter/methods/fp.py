@@ -21,9 +21,11 @@ if TYPE_CHECKING:
     from quadapter.methods import RunContext
 
 
-def finetune(ctx: RunContext) -> dict | None:
+def finetune(ctx: RunContext, distill: bool = False) -> dict | None:
     """Fine-tune every weight of ``ctx.model`` on the task when the task needs it (or copy a saved
-    fine-tuning's weights: ``task.finetune.load``); the summary."""
+    fine-tuning's weights: ``task.finetune.load``); the summary. ``distill``: on the distillation
+    loss where the run configures one (``method=fp distill=kd``: a compressed student fine-tuned
+    with KD from an FP teacher); the fine-tuning the quantizing methods start from never distils."""
     if not ctx.task.finetunes_before_quantizing:
         return None
     spec = ctx.cfg.task.finetune
@@ -35,14 +37,14 @@ def finetune(ctx: RunContext) -> dict | None:
     for p in ctx.model.parameters():
         p.requires_grad_(True)
     summary = train(ctx, weight_groups(ctx.model, spec.lr, spec.weight_decay), spec, "finetune",
-                    "task.finetune", distill=False)
+                    "task.finetune", distill=distill)
     for p in ctx.model.parameters():
         p.requires_grad_(False)
     return summary
 
 
 def apply(ctx: RunContext) -> nn.Module:
-    training = finetune(ctx)
+    training = finetune(ctx, distill=True)
     if training is not None:
         ctx.summary["training"] = training
         if ctx.cfg.task.finetune.get("save"):  # a distillation teacher (distill=kd distill.teacher=<run dir>)

@@ -9,6 +9,9 @@ default, DistilGPT2's initialization). All of the student's weights then train o
 data — on the LM loss alone (``distill=none``, the ablation) or with intermediate-layer knowledge
 distillation from the FP teacher (``distill=kd``: logits, hidden states, attention outputs; a
 layer-dropped student's layers map uniformly onto the teacher's unless ``distill.layers`` says).
+What it trains on is ``method.data``: ``pretraining``, a slice of the loaded model's own
+pretraining mixture (a model quadapter pretrained: each domain's first ``train.train_tokens``
+tokens, equal weight), KnGPT2's light pretraining; or ``dataset``, the run's dataset's train split.
 Curves of held-out perplexity over the pretraining come with it; the student is saved so that later
 runs (fine-tuning, PTQ) load it with ``model.name_or_path``.
 """
@@ -21,7 +24,10 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from quadapter.data.datamodule import LMDataModule
+from quadapter.data.tokens import cached_encode
 from quadapter.methods.distill import uniform_layer_map
+from quadapter.methods.embedded_model import domain_text
 from quadapter.methods.train_module import weight_groups
 from quadapter.methods.training import train
 from quadapter.models.decompose import kronecker_decompose, save_decomposed
@@ -32,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 STUDENTS = ("kronecker", "layer_drop")
+DATA = ("pretraining", "dataset")  # method.data: what the student trains on
 SAVE_DIR = "student"  # where the trained student is saved inside the run dir
 
 
@@ -45,6 +52,21 @@ def make_student(model: nn.Module, spec) -> dict:
     n_blocks = model.config.num_hidden_layers
     keep = every_other(n_blocks) if spec.keep is None else list(spec.keep)
     return {"kind": "layer_drop", **keep_blocks(model, keep)}
+
+
+def pretraining_data(ctx: RunContext, train_cfg) -> tuple[LMDataModule, dict]:
+    """Blocks of the loaded model's own pretraining domains (``model.pretrain``), each cut to its
+    first ``train_cfg.train_tokens`` tokens, drawn with equal weight."""
+    spec = ctx.cfg.model.pretrain  # the schema has checked there is one (method.data=pretraining)
+    limit = train_cfg.get("train_tokens")
+    ids = {d: cached_encode(domain_text(spec, d), ctx.tokenizer, ctx.cache_dir) for d in spec.domains}
+    ids = {d: t[:limit] if limit else t for d, t in ids.items()}
+    data = LMDataModule(list(ids.values()), block_size=ctx.task.context, batch_size=train_cfg.batch_size,
+                        num_samples=train_cfg.steps * train_cfg.batch_size, seed=ctx.cfg.seed,
+                        sources=[f"pretraining domain {d!r}" for d in ids],
+                        fix="lower method.train.train_tokens' cut or eval.context")
+    return data, {"train_tokens": sum(len(t) for t in ids.values()),
+                  "domain_tokens": {d: len(t) for d, t in ids.items()}}
 
 
 def apply(ctx: RunContext) -> nn.Module:
@@ -64,8 +86,9 @@ def apply(ctx: RunContext) -> nn.Module:
         p.requires_grad_(True)
     groups = weight_groups(model, method.lr, method.weight_decay)
     ctx.summary["student"] = record | {"layers": layers if distilled else None}
+    data = pretraining_data(ctx, method.train) if method.data == "pretraining" else None
     ctx.summary["training"] = train(ctx, groups, method.train, "pretrain", "method.train",
-                                    teacher=teacher, layers=layers)
+                                    teacher=teacher, layers=layers, data=data)
     if method.save_student:
         out = ctx.run_dir / SAVE_DIR
         if record["kind"] == "kronecker":

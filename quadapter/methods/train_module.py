@@ -63,7 +63,12 @@ class TrainModule(pl.LightningModule):
                                 f"the run stopped; lower the learning rates (method.lr.* or "
                                 f"model.pretrain.lr) or raise the bit-widths")
         self.log("train/loss", loss, prog_bar=True, batch_size=1)
-        return loss
+        terms = getattr(self.loss, "last_terms", None)  # a distillation loss: its unweighted terms
+        if not terms:
+            return loss
+        for name, value in terms.items():
+            self.log(f"train/distill_{name}", value, batch_size=1)
+        return {"loss": loss, "task_loss": terms["task"]}  # the curves' train metric is the task's own
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.param_groups, betas=self.betas)

@@ -47,7 +47,7 @@ class Curves(Callback):
             self._evaluate(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._loss_sum += float(outputs["loss"])
+        self._loss_sum += float(outputs.get("task_loss", outputs["loss"]))  # with KD: the task's term
         self._loss_count += 1
         # the last point too, here rather than at on_train_end: a checkpoint of the last batch then
         # holds it (a run resumed at max_steps runs no training hook again)
@@ -139,7 +139,8 @@ def _loss(ctx, distill: bool, teacher: nn.Module | None = None, layers: list[int
 
 def train(ctx, param_groups: list[dict], train_cfg, phase: str, config_key: str,
           step_offset: int = 0, distill: bool = True, teacher: nn.Module | None = None,
-          layers: list[int] | None = None) -> dict[str, Any]:
+          layers: list[int] | None = None,
+          data: tuple[pl.LightningDataModule, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Train ``ctx.model``'s ``param_groups`` on the task's loss and training data; returns the
     curve summary.
 
@@ -149,10 +150,11 @@ def train(ctx, param_groups: list[dict], train_cfg, phase: str, config_key: str,
     from the last one. ``step_offset`` shifts the curve's steps (a schedule's later stages).
     ``distill``: train on the distillation loss when the run configures one (``distill=kd``);
     False for the FP fine-tuning a teacher is made of. ``teacher`` and ``layers``: a teacher the
-    method holds (instead of a saved run) and its layer map (see ``_loss``).
+    method holds (instead of a saved run) and its layer map (see ``_loss``). ``data``: training
+    data the method chose (a data module and what it holds), instead of the task's.
     """
     cfg, model, task = ctx.cfg, ctx.model, ctx.task
-    data, data_info = task.train_data(train_cfg, cfg.seed, config_key)
+    data, data_info = data or task.train_data(train_cfg, cfg.seed, config_key)
     curve_splits = task.curve_sets()
     every = cfg.trainer.val_check_interval
     curves = Curves(task, every, step_offset)

@@ -274,7 +274,7 @@ def check_family(model: PreTrainedModel, name_or_path: str, arch: str | None,
     except ValueError as e:
         raise ModelError(f"model {name_or_path!r}: {e}") from None
     if found.head != head:
-        fitting = ", ".join(a.family for a in families.FAMILIES.values() if a.head == head)
+        fitting = ", ".join(a.family for a in families.FAMILIES.values() if head in a.supported_heads())
         raise ModelError(f"model {name_or_path!r} is a {model.config.model_type!r} model (family "
                          f"{found.family}, {found.head} head) but the task needs a {head} model "
                          f"(families {fitting}); pick another model= or task=")
@@ -354,4 +354,9 @@ def load_model(name_or_path: str, tokenizer: str | None = None, dtype: str = "fl
             f"embeds only {vocab}: they do not belong together (ids >= {vocab} would index past the "
             "embedding). Set model.tokenizer to the model's own tokenizer, or model.tokenizer=null "
             "when the model directory holds it")
+    if head == "sequence_classification" and model.config.pad_token_id is None:
+        # a causal LM classifies at its last real token, found by the pad id; GPT-2 has no pad token
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        model.config.pad_token_id = tok.pad_token_id
     return model.eval(), tok

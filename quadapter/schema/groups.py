@@ -53,6 +53,7 @@ PROGRESSIVE_STARTS = ("finetuned", "pretrained")
 BLOCKPTQ_LEARNS = ("rounding", "weights", "scales")  # quadapter.methods.blockptq.LEARNABLE
 BLOCKPTQ_INPUTS = ("quantized", "fp")
 KD_STUDENTS = ("kronecker", "layer_drop")  # quadapter.methods.kd_pretrain.STUDENTS
+KD_DATA = ("pretraining", "dataset")  # quadapter.methods.kd_pretrain.DATA
 AUGMENTERS = ("none", "token_mask")  # quadapter.data.augment.AUGMENTERS  # quadapter.methods.progressive.STARTS
 SAMPLE_SEED = 0x5EED_C0DE  # quant/ranges.py's default sampling seed
 
@@ -479,6 +480,7 @@ class Student:
 class KDPretrainMethod:
     name: str = knob()
     student: Student = knob()
+    data: str = knob(choices=KD_DATA, hint="pretraining = the loaded model's own pretraining domains")
     lr: float = knob(check=POSITIVE)
     weight_decay: float = knob(check=NON_NEGATIVE)
     train: Train = knob()
@@ -635,7 +637,7 @@ class KnowledgeDistill:
 
 
 DISTILLS = {"none": NoDistill, "kd": KnowledgeDistill}
-DISTILLING_METHODS = ("qat", "progressive", "prequant", "lora")  # the methods that train on GLUE
+DISTILLING_METHODS = ("fp", "qat", "progressive", "prequant", "lora")  # the methods that train on GLUE (fp: its fine-tuning)
 OWN_TEACHER_METHODS = ("kd_pretrain",)  # distil from the model they compress, not from distill.teacher
 
 

@@ -277,6 +277,15 @@ def kd_pretrain_quantizes_nothing(v: View, p: Problems) -> None:
 
 
 @relation
+def kd_pretrain_on_pretraining_data_needs_a_model_quadapter_pretrained(v: View, p: Problems) -> None:
+    if (v("method.name") == "kd_pretrain" and v("method.data") == "pretraining"
+            and (v("model.name_or_path") is not None or v("model.pretrain") is None)):
+        p.add("method.data", f"method.data=pretraining trains on the loaded model's own pretraining domains, but "
+                             f"model={v('model.name')} was not pretrained by quadapter (it needs model.pretrain and "
+                             "model.name_or_path=null: model=tiny or proxy); use method.data=dataset")
+
+
+@relation
 def a_loaded_finetuning_needs_a_method_that_starts_from_it(v: View, p: Problems) -> None:
     """``task.finetune.load`` replaces the FP fine-tuning that ptq and progressive start from."""
     if v("task.name") != "glue" or v("task.finetune.load") is None:
@@ -382,8 +391,8 @@ def pretrained_model_needs_a_spec(v: View, p: Problems) -> None:
 @relation
 def the_model_head_fits_the_task(v: View, p: Problems) -> None:
     task, arch = v("task.name"), FAMILIES[v("model.arch")]
-    if arch.head != TASK_HEADS[task]:
-        fitting = ", ".join(a.family for a in FAMILIES.values() if a.head == TASK_HEADS[task])
+    if TASK_HEADS[task] not in arch.supported_heads():
+        fitting = ", ".join(a.family for a in FAMILIES.values() if TASK_HEADS[task] in a.supported_heads())
         p.invalid("model.arch", v("model.arch"), f"a family with a {TASK_HEADS[task]} head for "
                   f"task={task} ({fitting}): {arch.family} models have a {arch.head} head; pick "
                   f"another model= (or task=)")

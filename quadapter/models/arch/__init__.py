@@ -17,6 +17,7 @@ from quadapter.models.arch.llama import LLAMA
 
 FAMILIES: dict[str, Architecture] = {arch.family: arch for arch in (GPT2, LLAMA, BERT, ROBERTA)}
 BY_MODEL_TYPE: dict[str, Architecture] = {t: arch for arch in FAMILIES.values() for t in arch.model_types}
+CLASSIFIERS: dict[str, Architecture] = {a.family: a.as_classifier() for a in FAMILIES.values() if a.classifier}
 
 __all__ = ["Architecture", "FAMILIES", "Heads", "LinearOutput", "Norm", "Region", "family",
            "for_model", "known_model_types"]
@@ -35,9 +36,13 @@ def family(name: str) -> Architecture:
 
 
 def for_model(model: Any) -> Architecture:
-    """The family of a loaded model, by its ``config.model_type``."""
+    """The family of a loaded model, by its ``config.model_type``; a causal LM family's sequence
+    classifier (``GPT2ForSequenceClassification``) gets the family's classifier variant."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in BY_MODEL_TYPE:
         raise ValueError(f"quadapter has no architecture adapter for model type {model_type!r} "
                          f"(known model types: {known_model_types()})")
-    return BY_MODEL_TYPE[model_type]
+    arch = BY_MODEL_TYPE[model_type]
+    if arch.family in CLASSIFIERS and type(model).__name__.endswith("ForSequenceClassification"):
+        return CLASSIFIERS[arch.family]
+    return arch

@@ -15,7 +15,7 @@ input channels, which leaves the model's function unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 
@@ -94,6 +94,18 @@ class Architecture:
     reserved_positions: int = 0  # position slots the context cannot use (RoBERTa's padding offset)
     new_head: tuple[str, ...] = ()  # parameters a task model gets fresh (a classifier), by prefix
     attention_output: str = ""  # the block site whose output is the attention sublayer's (distillation)
+    classifier: Mapping[str, str] = field(default_factory=dict)  # a causal LM family's head sites when its
+    # model is built as a sequence classifier (GPT-2: ``score`` on the last real token); empty = it cannot be
+
+    def supported_heads(self) -> tuple[str, ...]:
+        """The heads the family's models come with: its own, and sequence classification where it
+        declares a ``classifier``."""
+        return (self.head, "sequence_classification") if self.classifier else (self.head,)
+
+    def as_classifier(self) -> Architecture:
+        """The family as a sequence classifier: ``classifier`` as its head sites, built fresh."""
+        return replace(self, head="sequence_classification", head_sites=dict(self.classifier),
+                       new_head=tuple(self.classifier.values()), classifier={})
 
     @property
     def sites(self) -> tuple[str, ...]:

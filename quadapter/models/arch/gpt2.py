@@ -37,7 +37,8 @@ GPT2 = Architecture(
     attention_output="attn.c_proj",  # attention's output projection: the sublayer's output before the residual add
     context_key="n_positions",
     heads=_heads,
-    doc="GPT-2 (gpt2, distilgpt2, tiny, proxy)",
+    doc="GPT-2 (gpt2, distilgpt2, tiny, proxy); sequence classification too (task=glue)",
+    classifier={"classifier": "score"},  # GPT2ForSequenceClassification: a new linear on the last real token
 )
 
 
