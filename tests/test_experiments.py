@@ -121,6 +121,29 @@ def test_blockptq_sweep_gives_each_model_its_own_bits_and_every_row_its_units():
     assert len({c.run_name for c in jobs}) == 14  # every row named apart
 
 
+def test_kngpt2_sweeps_train_fp_students_before_the_rows_that_load_them():
+    jobs = [make(*job) for job in sweep_jobs("kngpt2")]
+    names = [c.run_name.split("-")[0] for c in jobs]
+    assert names == ["fp", "kngpt2_2x", "kngpt2_2x_nokd", "kngpt2_4x", "kngpt2_4x_nokd", "distilgpt2",
+                     "distilgpt2_nokd", "ptq", "kngpt2_2x_w8a8", "distilgpt2_w8a8"]
+    by_name = dict(zip(names, jobs))
+    for name, c in by_name.items():
+        trains = c.method.name == "kd_pretrain"
+        assert c.bits.name == ("fp" if trains else "w8a8")  # not the default sweep's w8a3 (method=fp ignores it)
+        if trains:
+            assert c.method.data == "pretraining" and (c.distill.name == "none") == name.endswith("_nokd")
+    assert by_name["kngpt2_2x_w8a8"].model.name_or_path == "multirun/kngpt2/kngpt2_2x-proxy-ptb/student"
+    mrpc = [make(*job) for job in sweep_jobs("kngpt2_mrpc")]
+    assert [c.run_name for c in mrpc] == ["teacher-proxy-glue_mrpc", "kngpt2_2x-proxy-glue_mrpc",
+                                          "kngpt2_4x-proxy-glue_mrpc", "distilgpt2-proxy-glue_mrpc"]
+    assert mrpc[0].task.finetune.save and mrpc[0].distill.name == "none"
+    for c in mrpc[1:]:  # each student loads its saved kngpt2 row and distils from the teacher row
+        row = c.run_name.split("-")[0]
+        assert c.model.name_or_path == f"multirun/kngpt2/{row}-proxy-ptb/student"
+        assert c.distill.name == "kd" and c.distill.teacher == "multirun/kngpt2_mrpc/teacher-proxy-glue_mrpc"
+    assert mrpc[3].distill.layers == [0, 2, 4]
+
+
 def test_experiments_readme_lists_every_experiment_with_command_and_cost():
     readme = (PAGES / "README.md").read_text()
     for experiment in EXPERIMENTS:
