@@ -21,12 +21,13 @@ def make_cfg(small_model_dir, *overrides):
                                             "trainer.val_check_interval=2", "eval.val_max_tokens=256", *overrides])
 
 
-@pytest.mark.parametrize("student,distill", [("kronecker", "kd"), ("layer_drop", "kd"), ("kronecker", "none")])
-def test_a_student_trains_saves_and_reloads(student, distill, tmp_path, small_model_dir, isolated_env):
+@pytest.mark.parametrize("student,distill,embedding", [("kronecker", "kd", False), ("layer_drop", "kd", False),
+                                                     ("kronecker", "none", True)])
+def test_a_student_trains_saves_and_reloads(student, distill, embedding, tmp_path, small_model_dir, isolated_env):
     from quadapter.models.kronecker import KroneckerLinear
     from quadapter.models.loading import load_model
 
-    over = ["method.student.kind=" + student, "distill=" + distill]
+    over = ["method.student.kind=" + student, "distill=" + distill, f"method.student.embedding={embedding}"]
     if distill == "kd":
         over += ["distill.weights.attention=1.0"]
     res = run(make_cfg(small_model_dir, *over), tmp_path / "run")
@@ -41,7 +42,7 @@ def test_a_student_trains_saves_and_reloads(student, distill, tmp_path, small_mo
         assert "distill" not in res and record["layers"] is None
     student_model, _ = load_model(record["saved"], arch="gpt2")
     factored = sum(isinstance(m, KroneckerLinear) for m in student_model.modules())
-    assert factored == (2 * 4 if student == "kronecker" else 0)
+    assert factored == (2 * 4 + embedding if student == "kronecker" else 0)  # the embedding's factors too
     assert student_model.config.num_hidden_layers == (1 if student == "layer_drop" else 2)
     ids = torch.randint(0, 100, (1, 16))
     with torch.no_grad():

@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from quadapter.models.kronecker import KroneckerLinear, kron_sum, nearest_kronecker, rearrange
+from quadapter.models.kronecker import (KroneckerEmbedding, KroneckerLinear, TiedKroneckerHead, kron_sum,
+                                        nearest_kronecker, rearrange)
 
 
 @pytest.mark.parametrize("rank", [1, 3])
@@ -47,6 +48,18 @@ def test_forward_equals_the_materialized_product_for_linear_and_conv1d_layouts()
     assert k.left.weight.grad is not None and k.right.weight.grad is not None
 
 
+def test_a_factored_embedding_looks_up_the_rows_of_the_table_and_a_tied_head_multiplies_by_it():
+    torch.manual_seed(3)
+    table = torch.randn(12, 6, dtype=torch.float64)
+    kron = KroneckerLinear.from_weight(table, None, (4, 2), (3, 3), rank=2)
+    embedding = KroneckerEmbedding(kron)
+    ids = torch.randint(0, 12, (2, 5))
+    torch.testing.assert_close(embedding(ids), kron.weight()[ids])
+    assert (embedding.num_embeddings, embedding.embedding_dim) == (12, 6)
+    h = torch.randn(2, 5, 6, dtype=torch.float64)
+    torch.testing.assert_close(TiedKroneckerHead(embedding)(h), h @ kron.weight().T)
+
+
 def test_shapes_that_do_not_fit_are_refused_with_the_fix():
     with pytest.raises(ValueError, match="choose factor shapes whose products"):
         nearest_kronecker(torch.zeros(12, 20), (3, 4), (4, 4))
@@ -77,8 +90,9 @@ def random_model(arch, vocab):
                                         max_position_embeddings=32)).eval()
 
 
+@pytest.mark.parametrize("embedding", [False, True])
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_a_decomposed_model_saves_loads_and_gives_the_same_outputs(arch, tmp_path, small_model_dir):
+def test_a_decomposed_model_saves_loads_and_gives_the_same_outputs(arch, embedding, tmp_path, small_model_dir):
     from quadapter.models.decompose import kronecker_decompose, save_decomposed
     from quadapter.models.loading import load_model, load_tokenizer
 
@@ -87,17 +101,25 @@ def test_a_decomposed_model_saves_loads_and_gives_the_same_outputs(arch, tmp_pat
     ids = torch.randint(0, len(tokenizer), (2, 16))
     with torch.no_grad():
         dense = model(ids).logits
-    record = kronecker_decompose(model, None, compression=4, rank=2)
+    record = kronecker_decompose(model, None, compression=4, rank=2, embedding=embedding)
     n_layers = 2 * (4 if arch == "gpt2" else 7)
     assert len(record["spec"]["layers"]) == n_layers
+    if embedding:  # GPT-2's head is tied: it reads the embedding's factors (one copy, in the embedding)
+        tied = arch == "gpt2"  # the random Llama's head is its own (tie_word_embeddings false): it stays dense
+        assert record["spec"]["embedding"]["tied"] == tied
+        assert isinstance(model.get_input_embeddings(), KroneckerEmbedding)
+        assert isinstance(model.get_output_embeddings(), TiedKroneckerHead) == tied
+        if tied:
+            assert not list(model.get_output_embeddings().parameters())
     assert record["params_after"] < record["params_before"]
-    assert sum(isinstance(m, KroneckerLinear) for m in model.modules()) == n_layers
+    assert sum(isinstance(m, KroneckerLinear) for m in model.modules()) == n_layers + embedding
     with torch.no_grad():
         factored = model(ids).logits
     assert not torch.allclose(factored, dense)  # a random weight is no Kronecker product: it changed
     out = save_decomposed(model, tokenizer, record["spec"], tmp_path / "kn")
     loaded, _ = load_model(str(out), arch=arch)
-    assert sum(isinstance(m, KroneckerLinear) for m in loaded.modules()) == n_layers
+    assert sum(isinstance(m, KroneckerLinear) for m in loaded.modules()) == n_layers + embedding
+    assert isinstance(loaded.get_input_embeddings(), KroneckerEmbedding) == embedding
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, factored, rtol=0, atol=0)
 

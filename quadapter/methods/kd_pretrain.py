@@ -48,7 +48,7 @@ def make_student(model: nn.Module, spec) -> dict:
         factors = {k: list(v) for k, v in (spec.get("factors") or {}).items()}
         return {"kind": "kronecker", **kronecker_decompose(
             model, None if spec.sites is None else list(spec.sites), compression=spec.compression,
-            factors=factors, rank=spec.rank)}
+            factors=factors, rank=spec.rank, embedding=spec.embedding)}
     n_blocks = model.config.num_hidden_layers
     keep = every_other(n_blocks) if spec.keep is None else list(spec.keep)
     return {"kind": "layer_drop", **keep_blocks(model, keep)}

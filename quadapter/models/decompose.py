@@ -6,6 +6,8 @@ Kronecker product of their pretrained weights. Factor shapes are given per site 
 target compression (``choose_factors``). What was done is a ``spec`` (per layer: factor shapes and
 rank), saved beside the weights as ``kronecker.json``; ``apply_spec`` rebuilds the same structure on
 a freshly loaded model so that the saved factors load into it (``quadapter.models.loading``).
+The token embedding may be factored too (``embedding``: KnGPT2 compresses it), through transformers'
+``get/set_input_embeddings``; a head tied to it then reads the same factors.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 
 from quadapter.models.arch import for_model
-from quadapter.models.kronecker import KroneckerLinear
+from quadapter.models.kronecker import KroneckerEmbedding, KroneckerLinear, TiedKroneckerHead
 from quadapter.models.sites import check_site_names, input_axis, is_linear
 
 SPEC_FILE = "kronecker.json"
@@ -64,12 +66,15 @@ def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 @torch.no_grad()
 def kronecker_decompose(model: nn.Module, sites: Sequence[str] | None, compression: float | None = None,
-                        factors: Mapping[str, Sequence[int]] | None = None, rank: int = 1) -> dict[str, Any]:
+                        factors: Mapping[str, Sequence[int]] | None = None, rank: int = 1,
+                        embedding: bool = False) -> dict[str, Any]:
     """Replace ``sites`` (null: every block linear) of every block by nearest-Kronecker-product
-    factors; returns the spec and the parameter counts before and after.
+    factors, and the token embedding too with ``embedding``; returns the spec and the parameter
+    counts before and after.
 
-    ``factors`` maps a site name to its ``[m1, n1]`` (A's shape; B's follows from the weight);
-    sites without an entry get ``choose_factors(…, compression, rank)``.
+    ``factors`` maps a site name (or ``embedding``: A's shape [V1, d1]) to its ``[m1, n1]`` (A's
+    shape; B's follows from the weight); sites without an entry get ``choose_factors(…,
+    compression, rank)``.
     """
     arch = for_model(model)
     names = check_site_names(sites, arch) if sites is not None else list(arch.block_sites)
@@ -86,25 +91,49 @@ def kronecker_decompose(model: nn.Module, sites: Sequence[str] | None, compressi
             if not is_linear(layer):
                 raise TypeError(f"{block_name}.{path} is a {type(layer).__name__}, not a linear layer")
             weight = _dense_weight(layer)
-            out_f, in_f = weight.shape
-            if factors and site in factors:
-                m1, n1 = (int(v) for v in factors[site])
-                if out_f % m1 or in_f % n1:
-                    raise ValueError(f"kronecker factors for {site}: [{m1}, {n1}] do not divide its weight "
-                                     f"[{out_f}, {in_f}]; give divisors of its output and input sizes")
-                shapes = ((m1, n1), (out_f // m1, in_f // n1))
-            elif compression is not None:
-                shapes = choose_factors(out_f, in_f, compression, rank)
-            else:
-                raise ValueError(f"no factor shapes for site {site}: give its factors or a compression")
+            shapes = _shapes(site, *weight.shape, (factors or {}).get(site), compression, rank)
             kron = KroneckerLinear.from_weight(weight, layer.bias, *shapes, rank=rank).to(weight.device)
             parent, attr = _parent(block, path)
             setattr(parent, attr, kron)
             layers[f"{block_name}.{path}"] = {"a": list(shapes[0]), "b": list(shapes[1]), "rank": rank,
                                              "bias": layer.bias is not None}
+    spec: dict[str, Any] = {"layers": layers}
+    if embedding:
+        spec["embedding"] = _decompose_embedding(model, (factors or {}).get("embedding"), compression, rank)
     after = sum(p.numel() for p in model.parameters())
-    return {"spec": {"layers": layers}, "params_before": before, "params_after": after,
-            "compression": before / after}
+    return {"spec": spec, "params_before": before, "params_after": after, "compression": before / after}
+
+
+def _shapes(site: str, out_f: int, in_f: int, given: Sequence[int] | None, compression: float | None,
+            rank: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    if given is not None:
+        m1, n1 = (int(v) for v in given)
+        if out_f % m1 or in_f % n1:
+            raise ValueError(f"kronecker factors for {site}: [{m1}, {n1}] do not divide its weight "
+                             f"[{out_f}, {in_f}]; give divisors of its output and input sizes")
+        return (m1, n1), (out_f // m1, in_f // n1)
+    if compression is None:
+        raise ValueError(f"no factor shapes for site {site}: give its factors or a compression")
+    return choose_factors(out_f, in_f, compression, rank)
+
+
+def _module_name(model: nn.Module, module: nn.Module) -> str:
+    return next(name for name, m in model.named_modules() if m is module)
+
+
+def _decompose_embedding(model: nn.Module, given: Sequence[int] | None, compression: float | None,
+                         rank: int) -> dict[str, Any]:
+    """The token embedding as a ``KroneckerEmbedding`` (and a head tied to it reading its factors)."""
+    dense, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head is not None and getattr(head, "weight", None) is dense.weight
+    shapes = _shapes("embedding", *dense.weight.shape, given, compression, rank)
+    name = _module_name(model, dense)
+    kron = KroneckerLinear.from_weight(dense.weight, None, *shapes, rank=rank).to(dense.weight.device)
+    model.set_input_embeddings(KroneckerEmbedding(kron))
+    if tied:  # the head reads the embedding's factors; the saved config no longer ties dense weights
+        model.set_output_embeddings(TiedKroneckerHead(model.get_input_embeddings()))
+        model.config.tie_word_embeddings = False
+    return {"name": name, "a": list(shapes[0]), "b": list(shapes[1]), "rank": rank, "tied": tied}
 
 
 def apply_spec(model: nn.Module, spec: Mapping[str, Any]) -> None:
@@ -114,6 +143,20 @@ def apply_spec(model: nn.Module, spec: Mapping[str, Any]) -> None:
         rank, a, b = entry["rank"], entry["a"], entry["b"]
         bias = torch.zeros(a[0] * b[0]) if entry.get("bias", True) else None
         setattr(parent, attr, KroneckerLinear(torch.zeros(rank, *a), torch.zeros(rank, *b), bias))
+    entry = spec.get("embedding")
+    if entry:
+        kron = KroneckerLinear(torch.zeros(entry["rank"], *entry["a"]), torch.zeros(entry["rank"], *entry["b"]))
+        model.set_input_embeddings(KroneckerEmbedding(kron))
+        if entry["tied"]:
+            model.set_output_embeddings(TiedKroneckerHead(model.get_input_embeddings()))
+
+
+def spec_modules(spec: Mapping[str, Any]) -> list[str]:
+    """The module names whose parameters the spec replaced (the factored layers, the embedding)."""
+    names = list(spec["layers"])
+    if spec.get("embedding"):
+        names.append(spec["embedding"]["name"])
+    return names
 
 
 def save_decomposed(model: nn.Module, tokenizer, spec: Mapping[str, Any], out: Path) -> Path:

@@ -9,6 +9,9 @@ The factors start at the nearest Kronecker product of the pretrained weight (Van
 rearranging ``W`` so that each [m2, n2] block becomes a row, ``R(W)`` [m1·n1, m2·n2], turns
 ``‖W − Σ A_k ⊗ B_k‖_F`` into ``‖R(W) − Σ vec(A_k) vec(B_k)ᵀ‖_F``, whose minimizer is the rank-r
 truncated SVD of ``R(W)`` (Eckart–Young): exact when ``W`` is such a sum.
+
+An embedding table [V, d] factors the same way (``KroneckerEmbedding``: a token's row is the
+Kronecker product of one row of each factor), and a head tied to it reuses its factors.
 """
 
 from __future__ import annotations
@@ -109,3 +112,45 @@ class KroneckerLinear(nn.Module):
         (m1, n1), (m2, n2) = self.a_shape, self.b_shape
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
                 f"a=[{m1}, {n1}], b=[{m2}, {n2}], bias={self.bias is not None}")
+
+
+class KroneckerEmbedding(nn.Module):
+    """An ``nn.Embedding`` of ``V = m1·m2`` tokens and ``d = n1·n2`` channels whose table is the
+    weight of ``kron`` (a ``KroneckerLinear`` of ``d → V`` features, no bias): token ``i = i1·m2 + i2``
+    embeds as ``Σ_k A_k[i1] ⊗ B_k[i2]``, two factor rows, and the table is never formed.
+
+    The same ``kron`` computes a tied LM head's logits ``h·Eᵀ`` (``TiedKroneckerHead``).
+    """
+
+    def __init__(self, kron: KroneckerLinear) -> None:
+        super().__init__()
+        if kron.bias is not None:
+            raise ValueError("an embedding's Kronecker factors have no bias")
+        self.kron = kron
+        self.num_embeddings, self.embedding_dim = kron.out_features, kron.in_features
+
+    @property
+    def weight(self) -> Tensor:
+        """The [V, d] table the factors stand for (materialized: for code that reads it)."""
+        return self.kron.weight()
+
+    def forward(self, ids: Tensor) -> Tensor:
+        m2 = self.kron.b_shape[0]
+        a, b = self.kron.a[:, ids // m2], self.kron.b[:, ids % m2]  # [r, ..., n1], [r, ..., n2]
+        return torch.einsum("k...i,k...j->...ij", a, b).reshape(*ids.shape, self.embedding_dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+class TiedKroneckerHead(nn.Module):
+    """A causal LM's head tied to a ``KroneckerEmbedding``: logits ``h·Eᵀ`` through the embedding's
+    factors. The embedding is held, not registered, so its factors are saved once (with the
+    embedding) and one optimizer step moves both."""
+
+    def __init__(self, embedding: KroneckerEmbedding) -> None:
+        super().__init__()
+        object.__setattr__(self, "embedding", embedding)  # not a submodule: no second state-dict copy
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.embedding.kron(hidden)

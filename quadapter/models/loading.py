@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from quadapter.errors import ConfigError, UserError
 from quadapter.models import arch as families
 from quadapter.models import decompose, gguf
+from quadapter.models.kronecker import TiedKroneckerHead
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ def load_kronecker_factors(model: PreTrainedModel, path: Path, missing: list[str
     for file in weight_files(path):
         state.update(load_file(str(file)) if file.suffix == ".safetensors"
                      else torch.load(file, map_location="cpu", weights_only=True))
-    prefixes = tuple(f"{name}." for name in spec["layers"])
+    tied_head = [n for n, m in model.named_modules() if isinstance(m, TiedKroneckerHead)]
+    prefixes = tuple(f"{name}." for name in (*decompose.spec_modules(spec), *tied_head))
     wanted = [k for k in model.state_dict() if k.startswith(prefixes)]
     lacking = [k for k in wanted if k not in state]
     if lacking:

@@ -471,8 +471,9 @@ class Student:
     kind: str = knob(choices=KD_STUDENTS)
     sites: Optional[List[str]] = knob(None, hint="block sites of the family; null = every block linear")
     compression: float = knob(check=Check(lambda v: math.isfinite(v) and v >= 1, "a finite number >= 1"))
-    factors: Dict[str, List[int]] = knob(factory=dict, hint="site: [m1, n1], A's shape")
+    factors: Dict[str, List[int]] = knob(factory=dict, hint="site or embedding: [m1, n1], A's shape")
     rank: int = knob(check=POSITIVE_INT)
+    embedding: bool = knob(False, hint="factor the token embedding too")
     keep: Optional[List[int]] = knob(None, hint="kept block indices; null = every other block")
 
 
