@@ -65,3 +65,12 @@ def test_a_factored_student_fine_tunes_with_ilkd_from_the_fp_teacher(small_model
 
 def test_fp_fine_tuning_with_kd_needs_its_teacher():
     assert "distill=kd needs distill.teacher" in refusal("task=glue", "method=fp", "distill=kd")
+
+
+def test_the_schema_knows_a_gpt2_classifier_s_sites():
+    from quadapter.schema import validate
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["task=glue", "model=tiny", "method=ptq", "quantizer.sites=[attn.c_attn,classifier]"])
+    validate(cfg)  # the classifier variant's head site
+    assert "lm_head" in refusal("task=glue", "model=tiny", "method=ptq", "quantizer.sites=[lm_head]")

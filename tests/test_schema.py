@@ -421,7 +421,7 @@ def test_schema_names_equal_the_code_registries():
     assert groups.BLOCKPTQ_LEARNS == blockptq.LEARNABLE
     from quadapter.methods import kd_pretrain
 
-    assert groups.KD_STUDENTS == kd_pretrain.STUDENTS
+    assert groups.KD_STUDENTS == kd_pretrain.STUDENTS and groups.KD_DATA == kd_pretrain.DATA
     assert groups.WEIGHT_GRANULARITIES == quant_config.WEIGHT_GRANULARITIES
     assert groups.ACT_GRANULARITIES == quant_config.ACT_GRANULARITIES
     from quadapter.quant import levels

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Mapping
 
-from quadapter.models.arch import FAMILIES, LinearOutput
+from quadapter.models.arch import FAMILIES, LinearOutput, family
 from quadapter.schema.fields import Problems, list_problem, show
 from quadapter.schema.groups import (
     DISTILLING_METHODS,
@@ -159,7 +159,7 @@ def _quantized_sites(v: View) -> list[str]:
 def quantizer_sites_belong_to_the_family(v: View, p: Problems) -> None:
     if v("method.name") not in QUANTIZING_METHODS:
         return
-    sites, arch = v("quantizer.sites"), FAMILIES[v("model.arch")]
+    sites, arch = v("quantizer.sites"), family(v("model.arch"), TASK_HEADS[v("task.name")])
     problem = None if sites is None else list_problem(sites, arch.sites)
     if problem:
         p.invalid("quantizer.sites", sites, f"null (every block linear) or a non-empty list of distinct "

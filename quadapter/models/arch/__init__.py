@@ -27,12 +27,14 @@ def known_model_types() -> str:
     return "; ".join(f"{a.family}: {', '.join(a.model_types)}" for a in FAMILIES.values())
 
 
-def family(name: str) -> Architecture:
-    """The family named ``name`` (``model.arch``)."""
+def family(name: str, head: str | None = None) -> Architecture:
+    """The family named ``name`` (``model.arch``); with ``head="sequence_classification"``, a causal
+    LM family's classifier variant (what its models are on GLUE)."""
     if name not in FAMILIES:
         raise ValueError(f"model.arch={name!r} is not a known architecture family: expected one of "
                          f"{', '.join(FAMILIES)}")
-    return FAMILIES[name]
+    arch = FAMILIES[name]
+    return CLASSIFIERS[name] if head == "sequence_classification" and name in CLASSIFIERS else arch
 
 
 def for_model(model: Any) -> Architecture:
