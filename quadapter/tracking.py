@@ -187,14 +187,17 @@ def log_table(loggers: list[Logger], key: str, columns: list[str], rows: list[li
             logger.log_table(key=key, columns=columns, data=rows)
 
 
+PROTOCOL_SUMMARY = ("context", "stride", "scored_tokens", "examples", "max_length")  # LM windows; GLUE examples
+
+
 def summary_of(results: Mapping[str, Any]) -> dict[str, Any]:
     """The flat scalars of ``results.json`` that W&B shows as the run summary (table columns)."""
     out = {k: results.get(k) for k in ("status", "error", "method", "bits", "model", "dataset", "adapter",
                                         "quantizer", "config_hash")}
     out.update(results.get("metrics", {}))
     out.update({f"timings/{k}": v for k, v in results.get("timings", {}).items()})
-    for name, proto in results.get("protocol", {}).items():
-        out.update({f"protocol/{name}/{k}": proto[k] for k in ("context", "stride", "scored_tokens")})
+    for name, proto in results.get("protocol", {}).items():  # each task's own protocol keys (LM, GLUE)
+        out.update({f"protocol/{name}/{k}": proto[k] for k in PROTOCOL_SUMMARY if k in proto})
     out["git_commit"] = results.get("environment", {}).get("git_commit")
     return {k: v for k, v in out.items() if v is not None}
 

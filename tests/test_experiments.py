@@ -125,13 +125,14 @@ def test_kngpt2_sweeps_train_fp_students_before_the_rows_that_load_them():
     jobs = [make(*job) for job in sweep_jobs("kngpt2")]
     names = [c.run_name.split("-")[0] for c in jobs]
     assert names == ["fp", "kngpt2_2x", "kngpt2_2x_nokd", "kngpt2_4x", "kngpt2_4x_nokd", "distilgpt2",
-                     "distilgpt2_nokd", "ptq", "kngpt2_2x_w8a8", "distilgpt2_w8a8"]
+                     "distilgpt2_nokd", "ptq", "kngpt2_2x_w8a8", "distilgpt2_w8a8", "teacher_continued"]
     by_name = dict(zip(names, jobs))
     for name, c in by_name.items():
         trains = c.method.name == "kd_pretrain"
         assert c.bits.name == ("fp" if trains else "w8a8")  # not the default sweep's w8a3 (method=fp ignores it)
         if trains:
-            assert c.method.data == "pretraining" and (c.distill.name == "none") == name.endswith("_nokd")
+            assert c.method.data == "pretraining"
+            assert (c.distill.name == "none") == (name.endswith("_nokd") or name == "teacher_continued")
     assert by_name["kngpt2_2x_w8a8"].model.name_or_path == "multirun/kngpt2/kngpt2_2x-proxy-ptb/student"
     mrpc = [make(*job) for job in sweep_jobs("kngpt2_mrpc")]
     assert [c.run_name for c in mrpc] == ["teacher-proxy-glue_mrpc", "kngpt2_2x-proxy-glue_mrpc",

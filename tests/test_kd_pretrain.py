@@ -105,15 +105,18 @@ def test_kngpt2_sweep_trains_every_student_then_quantizes_the_saved_ones(small_m
     rows = {p.parent.name.split("-")[0]: json.loads(p.read_text())
             for p in (tmp_path / "multirun" / "kngpt2").glob("*/results.json")}
     assert set(rows) == {"fp", "ptq", "kngpt2_2x", "kngpt2_2x_nokd", "kngpt2_4x", "kngpt2_4x_nokd", "distilgpt2",
-                         "distilgpt2_nokd", "kngpt2_2x_w8a8", "distilgpt2_w8a8"}
+                         "distilgpt2_nokd", "kngpt2_2x_w8a8", "distilgpt2_w8a8", "teacher_continued"}
     assert all(r["status"] == "completed" for r in rows.values()), {n: r.get("error") for n, r in rows.items()}
     students = {n: r for n, r in rows.items() if r["method"] == "kd_pretrain"}
     for name, r in students.items():
         assert r["bits"] == "fp" and r["training"]["steps"] == 4
         assert set(r["training"]["domain_tokens"]) == {"prose", "code"}
-        assert ("distill" in r) == (not name.endswith("_nokd"))
-        assert r["student"]["kind"] == ("layer_drop" if name.startswith("distilgpt2") else "kronecker")
+        assert ("distill" in r) == (not name.endswith("_nokd") and name != "teacher_continued")
+        kind = "kronecker" if name.startswith("kngpt2") else "layer_drop" if name.startswith("distil") else "none"
+        assert r["student"]["kind"] == kind
     assert students["kngpt2_4x"]["student"]["params_after"] < students["kngpt2_2x"]["student"]["params_after"]
+    control = students["teacher_continued"]["student"]
+    assert control["params_after"] == control["params_before"]  # every block kept: the teacher itself
     for name in ("kngpt2_2x", "distilgpt2"):
         ptq = rows[f"{name}_w8a8"]
         assert ptq["bits"] == "w8a8"

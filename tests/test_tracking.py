@@ -38,3 +38,16 @@ def test_atomic_write_replaces_whole_files_and_leaves_no_temporaries(tmp_path):
     write_json_atomic(path, {"status": "completed", "metrics": {"test/x/ppl": 1.5}})
     assert json.loads(path.read_text())["metrics"]["test/x/ppl"] == 1.5
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_the_wandb_summary_takes_each_task_s_protocol_keys():
+    """A GLUE run's protocol has examples, not windows: its summary must still build (W&B closes)."""
+    from quadapter.tracking import summary_of
+
+    lm = {"status": "completed", "metrics": {"test/ptb/ppl": 3.0},
+          "protocol": {"ptb": {"context": 128, "stride": 128, "scored_tokens": 100, "split": "test"}}}
+    glue = {"status": "completed", "metrics": {"test/glue_mrpc/f1": 80.0},
+            "protocol": {"glue_mrpc": {"split": "dev", "examples": 408, "max_length": 128}}}
+    assert summary_of(lm)["protocol/ptb/scored_tokens"] == 100 and "protocol/ptb/split" not in summary_of(lm)
+    assert summary_of(glue)["protocol/glue_mrpc/examples"] == 408
+    assert summary_of(glue)["test/glue_mrpc/f1"] == 80.0

@@ -2,7 +2,8 @@
 ACL 2022; its DistilGPT2-style baseline).
 
 The loaded model is the teacher. The student is the same model compressed in place
-(``method.student.kind``): ``kronecker``, every chosen block linear replaced by the nearest sum of
+(``method.student.kind``; ``none``: not compressed, the control that measures what the extra
+training alone does): ``kronecker``, every chosen block linear replaced by the nearest sum of
 Kronecker products of its weight (``quadapter.models.decompose``), or ``layer_drop``, a shallower
 model of some of the teacher's own blocks (``quadapter.models.layer_drop``: every other one by
 default, DistilGPT2's initialization). All of the student's weights then train on the task's LM
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from quadapter.methods import RunContext
 
 log = logging.getLogger(__name__)
-STUDENTS = ("kronecker", "layer_drop")
+STUDENTS = ("kronecker", "layer_drop", "none")  # none: the loaded model itself (the extra-training control)
 DATA = ("pretraining", "dataset")  # method.data: what the student trains on
 SAVE_DIR = "student"  # where the trained student is saved inside the run dir
 
@@ -49,6 +50,9 @@ def make_student(model: nn.Module, spec) -> dict:
         return {"kind": "kronecker", **kronecker_decompose(
             model, None if spec.sites is None else list(spec.sites), compression=spec.compression,
             factors=factors, rank=spec.rank, embedding=spec.embedding)}
+    if spec.kind == "none":
+        params = sum(p.numel() for p in model.parameters())
+        return {"kind": "none", "params_before": params, "params_after": params, "compression": 1.0}
     n_blocks = model.config.num_hidden_layers
     keep = every_other(n_blocks) if spec.keep is None else list(spec.keep)
     return {"kind": "layer_drop", **keep_blocks(model, keep)}
