@@ -121,7 +121,8 @@ def test_bad_teachers_and_misplaced_distillation_are_refused_in_one_line(tiny_be
     assert "is not a run dir (no results.json)" in refused(*qat, f"distill.teacher={tmp_path}")
     assert "dataset 'glue_mrpc' (needs 'glue_rte')" in refused(
         *qat, f"distill.teacher={teacher_run}", "dataset=glue_rte")
-    assert "distill=kd with task=glue method=fp" in refused("distill=kd", f"distill.teacher={teacher_run}")
+    assert "distill=kd with task=glue method=ptq" in refused("method=ptq", "distill=kd",
+                                                             f"distill.teacher={teacher_run}")
     ptq_like = tmp_path / "ptq-run"
     ptq_like.mkdir()
     results = json.loads((teacher_run / "results.json").read_text())

@@ -142,7 +142,7 @@ def test_hub_split_equals_the_mirror(monkeypatch):
 @pytest.mark.parametrize("overrides, message", [
     (["method=quadapter"], "method=quadapter needs task=lm"),
     (["adapter=smoothquant", "method=ptq"], "adapter=smoothquant is not available with task=glue"),
-    (["model=tiny"], "model.arch='gpt2' is invalid: expected a family with a sequence_classification"),
+    (["model=smollm2-135m"], "model.arch='llama' is invalid: expected a family with a sequence_classification"),
     (["method=qat", "method.train.train_tokens=100"], "method.train.train_tokens=100 limits an LM"),
     (["method=ptq", "quantizer.calibration.split=dev"], "quantizer.calibration.split='dev' is invalid"),
     (["dataset=glue_nope"], "glue_nope"),
