@@ -23,9 +23,9 @@ import copy
 import logging
 from typing import TYPE_CHECKING
 
+import pytorch_lightning as pl
 from torch import nn
 
-from quadapter.data.datamodule import LMDataModule
 from quadapter.data.tokens import cached_encode
 from quadapter.methods.distill import uniform_layer_map
 from quadapter.methods.embedded_model import domain_text
@@ -58,17 +58,15 @@ def make_student(model: nn.Module, spec) -> dict:
     return {"kind": "layer_drop", **keep_blocks(model, keep)}
 
 
-def pretraining_data(ctx: RunContext, train_cfg) -> tuple[LMDataModule, dict]:
+def pretraining_data(ctx: RunContext, train_cfg) -> tuple[pl.LightningDataModule, dict]:
     """Blocks of the loaded model's own pretraining domains (``model.pretrain``), each cut to its
     first ``train_cfg.train_tokens`` tokens, drawn with equal weight."""
     spec = ctx.cfg.model.pretrain  # the schema has checked there is one (method.data=pretraining)
     limit = train_cfg.get("train_tokens")
     ids = {d: cached_encode(domain_text(spec, d), ctx.tokenizer, ctx.cache_dir) for d in spec.domains}
     ids = {d: t[:limit] if limit else t for d, t in ids.items()}
-    data = LMDataModule(list(ids.values()), block_size=ctx.task.context, batch_size=train_cfg.batch_size,
-                        num_samples=train_cfg.steps * train_cfg.batch_size, seed=ctx.cfg.seed,
-                        sources=[f"pretraining domain {d!r}" for d in ids],
-                        fix="lower method.train.train_tokens' cut or eval.context")
+    data = ctx.task.training_blocks({f"pretraining domain {d!r}": t for d, t in ids.items()}, train_cfg,
+                                    ctx.cfg.seed)
     return data, {"train_tokens": sum(len(t) for t in ids.values()),
                   "domain_tokens": {d: len(t) for d, t in ids.items()}}
 

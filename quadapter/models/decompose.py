@@ -138,15 +138,16 @@ def _decompose_embedding(model: nn.Module, given: Sequence[int] | None, compress
 
 def apply_spec(model: nn.Module, spec: Mapping[str, Any]) -> None:
     """Give ``model`` the structure ``spec`` describes (factors zero until a state dict loads)."""
+    def empty(entry: Mapping[str, Any], bias: bool) -> KroneckerLinear:
+        rank, a, b = entry["rank"], entry["a"], entry["b"]
+        return KroneckerLinear(torch.zeros(rank, *a), torch.zeros(rank, *b), torch.zeros(a[0] * b[0]) if bias else None)
+
     for name, entry in spec["layers"].items():
         parent, attr = _parent(model, name)
-        rank, a, b = entry["rank"], entry["a"], entry["b"]
-        bias = torch.zeros(a[0] * b[0]) if entry.get("bias", True) else None
-        setattr(parent, attr, KroneckerLinear(torch.zeros(rank, *a), torch.zeros(rank, *b), bias))
+        setattr(parent, attr, empty(entry, entry.get("bias", True)))
     entry = spec.get("embedding")
     if entry:
-        kron = KroneckerLinear(torch.zeros(entry["rank"], *entry["a"]), torch.zeros(entry["rank"], *entry["b"]))
-        model.set_input_embeddings(KroneckerEmbedding(kron))
+        model.set_input_embeddings(KroneckerEmbedding(empty(entry, bias=False)))
         if entry["tied"]:
             model.set_output_embeddings(TiedKroneckerHead(model.get_input_embeddings()))
 

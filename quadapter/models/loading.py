@@ -276,7 +276,7 @@ def check_family(model: PreTrainedModel, name_or_path: str, arch: str | None,
     except ValueError as e:
         raise ModelError(f"model {name_or_path!r}: {e}") from None
     if found.head != head:
-        fitting = ", ".join(a.family for a in families.FAMILIES.values() if head in a.supported_heads())
+        fitting = ", ".join(families.families_with_head(head))
         raise ModelError(f"model {name_or_path!r} is a {model.config.model_type!r} model (family "
                          f"{found.family}, {found.head} head) but the task needs a {head} model "
                          f"(families {fitting}); pick another model= or task=")

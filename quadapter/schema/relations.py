@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Mapping
 
-from quadapter.models.arch import FAMILIES, LinearOutput, family
+from quadapter.models.arch import FAMILIES, LinearOutput, families_with_head, family
 from quadapter.schema.fields import Problems, list_problem, show
 from quadapter.schema.groups import (
     DISTILLING_METHODS,
@@ -392,7 +392,7 @@ def pretrained_model_needs_a_spec(v: View, p: Problems) -> None:
 def the_model_head_fits_the_task(v: View, p: Problems) -> None:
     task, arch = v("task.name"), FAMILIES[v("model.arch")]
     if TASK_HEADS[task] not in arch.supported_heads():
-        fitting = ", ".join(a.family for a in FAMILIES.values() if TASK_HEADS[task] in a.supported_heads())
+        fitting = ", ".join(families_with_head(TASK_HEADS[task]))
         p.invalid("model.arch", v("model.arch"), f"a family with a {TASK_HEADS[task]} head for "
                   f"task={task} ({fitting}): {arch.family} models have a {arch.head} head; pick "
                   f"another model= (or task=)")

@@ -108,10 +108,15 @@ class LanguageModelling(Task):
             train = train[:limit]
         source = f"dataset {cfg.dataset.name!r}, split 'train'" + (
             f" (its first {context}.train_tokens={limit})" if limit else "")
-        data = LMDataModule([train], block_size=self.context, batch_size=train_cfg["batch_size"],
+        return self.training_blocks({source: train}, train_cfg, seed), {"train_tokens": len(train)}
+
+    def training_blocks(self, corpora: Mapping[str, torch.Tensor], train_cfg: Mapping[str, Any],
+                        seed: int) -> LMDataModule:
+        """Random blocks of ``eval.context`` tokens, equal weight per corpus (named by its key),
+        ``steps × batch_size`` of them: the task's own data, or a method's (kd_pretrain's slice)."""
+        return LMDataModule(list(corpora.values()), block_size=self.context, batch_size=train_cfg["batch_size"],
                             num_samples=train_cfg["steps"] * train_cfg["batch_size"], seed=seed,
-                            sources=[source], fix=f"training {BLOCKS_FIX}")
-        return data, {"train_tokens": len(train)}
+                            sources=list(corpora), fix=f"training {BLOCKS_FIX}")
 
     def curve_sets(self) -> dict[str, str]:
         """Token ids of every held-out set's curve split (``eval.val_split``, else its test split).

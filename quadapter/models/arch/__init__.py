@@ -19,12 +19,17 @@ FAMILIES: dict[str, Architecture] = {arch.family: arch for arch in (GPT2, LLAMA,
 BY_MODEL_TYPE: dict[str, Architecture] = {t: arch for arch in FAMILIES.values() for t in arch.model_types}
 CLASSIFIERS: dict[str, Architecture] = {a.family: a.as_classifier() for a in FAMILIES.values() if a.classifier}
 
-__all__ = ["Architecture", "FAMILIES", "Heads", "LinearOutput", "Norm", "Region", "family",
-           "for_model", "known_model_types"]
+__all__ = ["Architecture", "FAMILIES", "Heads", "LinearOutput", "Norm", "Region", "families_with_head",
+           "family", "for_model", "known_model_types"]
 
 
 def known_model_types() -> str:
     return "; ".join(f"{a.family}: {', '.join(a.model_types)}" for a in FAMILIES.values())
+
+
+def families_with_head(head: str) -> list[str]:
+    """The families whose models come with ``head`` (for messages that name the fitting ones)."""
+    return [a.family for a in FAMILIES.values() if head in a.supported_heads()]
 
 
 def family(name: str, head: str | None = None) -> Architecture:
@@ -44,7 +49,5 @@ def for_model(model: Any) -> Architecture:
     if model_type not in BY_MODEL_TYPE:
         raise ValueError(f"quadapter has no architecture adapter for model type {model_type!r} "
                          f"(known model types: {known_model_types()})")
-    arch = BY_MODEL_TYPE[model_type]
-    if arch.family in CLASSIFIERS and type(model).__name__.endswith("ForSequenceClassification"):
-        return CLASSIFIERS[arch.family]
-    return arch
+    classifies = type(model).__name__.endswith("ForSequenceClassification")
+    return family(BY_MODEL_TYPE[model_type].family, "sequence_classification" if classifies else None)
