@@ -67,8 +67,11 @@ def scored_logits(model: nn.Module, inputs: torch.Tensor, first: int) -> torch.T
 @torch.inference_mode()
 def perplexity(model: nn.Module, ids: torch.Tensor, context: int, stride: int,
                batch_size: int = 8) -> tuple[float, int]:
-    """Perplexity of ``model`` on the token sequence ``ids`` and the number of tokens scored."""
-    device = next(model.parameters()).device
+    """Perplexity of ``model`` on the token sequence ``ids`` and the number of tokens scored.
+
+    ``model`` computes where its parameters are; one without any (an onnxruntime session) on the CPU.
+    """
+    device = next(model.parameters(), torch.empty(0)).device
     groups: dict[tuple[int, int], list[Window]] = {}  # (length, first scored offset) -> windows
     for w in strided_windows(len(ids), context, stride):
         groups.setdefault((w.end - w.begin, w.score_from - w.begin), []).append(w)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from quadapter.methods import ptq
 from quadapter.methods.blockwise import capture_block_inputs, reconstruct_blocks, toggled
-from quadapter.methods.saving import save_quantized
+from quadapter.methods.saving import QUANTIZED_DIR, save_quantized
 from quadapter.models.arch import for_model
 from quadapter.quant import adaround
 from quadapter.quant.sim import QuantizedLayer, QuantSim
@@ -136,7 +136,7 @@ def apply(ctx: RunContext) -> nn.Module:
     log_metrics(ctx.loggers, {f"blockptq/unit{u['unit']}/l2_{k}": u[f"l2_{k}"]
                               for u in report for k in ("before", "after")}, step=0)
     if method.save_quantized:
-        summary["saved"] = str(save_quantized(sim, model, ctx.tokenizer, ctx.run_dir / "quantized"))
+        summary["saved"] = str(save_quantized(sim, model, ctx.tokenizer, ctx.run_dir / QUANTIZED_DIR))
     log.info("blockptq: %d units of %d block(s), target +%d, learned %s in %.1f s (peak %.0f MB); L2 %.4g -> %.4g "
              "(mean over units)", len(report), method.unit_size, method.target_offset, "+".join(learn),
              summary["seconds"], summary["peak_memory_mb"],

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from quadapter.methods import ptq
 from quadapter.methods.blockwise import capture_block_inputs, run_blocks, toggled
 from quadapter.methods.quant_config import quant_settings
+from quadapter.methods.saving import save_if_asked
 from quadapter.models.arch import for_model
 from quadapter.quant.gptq import gptq_quantize
 
@@ -88,4 +89,5 @@ def apply(ctx: RunContext) -> nn.Module:
         log.info("gptq %s: %d layers, proxy loss %.4g, %.1f s", name, len(wrappers), proxy, units[-1]["seconds"])
     ctx.summary["gptq"] = {"block_size": method.block_size, "damp": method.damp, "act_order": method.act_order,
                            "calibration": data, "blocks": units, "layers": layers}
+    save_if_asked(ctx, sim)
     return sim.model

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from quadapter.methods.fp import finetune
 from quadapter.methods.quant_config import QuantSettings, quant_settings
+from quadapter.methods.saving import save_if_asked
 from quadapter.methods.smoothing import smooth
 from quadapter.models.regions import fold_scales
 from quadapter.models.sites import quant_sites
@@ -105,4 +106,5 @@ def apply(ctx: RunContext) -> nn.Module:
         sites = list(ctx.cfg.adapter.sites)
         fold_scales(sim, ctx.model, smooth(ctx, sim, sites, ctx.cfg.adapter.migration, "ptq"))
         ctx.summary["smoothquant"]["folded"] = True
+    save_if_asked(ctx, sim)
     return sim.model

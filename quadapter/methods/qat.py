@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from quadapter.methods import ptq
+from quadapter.methods.saving import save_if_asked
 from quadapter.methods.train_module import weight_groups
 from quadapter.methods.training import train
 from quadapter.quant.sim import QuantSim
@@ -45,4 +46,5 @@ def apply(ctx: RunContext) -> nn.Module:
     ranges = [p for q in sim.quantizers().values() for p in q.range_parameters()]
     groups.append({"name": "ranges", "params": ranges, "lr": cfg.method.lr.ranges, "weight_decay": 0.0})
     ctx.summary["training"] = train(ctx, groups, cfg.method.train, "e2e", "method.train")
+    save_if_asked(ctx, sim)
     return ctx.model

@@ -24,7 +24,7 @@ from torch import nn
 from quadapter.checkpoints import load_phase, save_phase
 from quadapter.methods import ptq
 from quadapter.methods.blockwise import capture_block_inputs, reconstruct_blocks, toggled
-from quadapter.methods.saving import save_quantized
+from quadapter.methods.saving import FOLDED_DIR, save_quantized
 from quadapter.methods.smoothing import smooth
 from quadapter.methods.training import RandomState, train
 from quadapter.models.arch import for_model
@@ -123,7 +123,7 @@ def apply(ctx: RunContext) -> nn.Module:
     fold_scales(sim, model, scales)
     summary["folded"] = True
     if method.save_folded:
-        summary["saved"] = str(save_quantized(sim, model, ctx.tokenizer, ctx.run_dir / "folded"))
+        summary["saved"] = str(save_quantized(sim, model, ctx.tokenizer, ctx.run_dir / FOLDED_DIR))
     log.info("quadapter: %d scales folded (alpha in [%.3g, %.3g])", len(scales),
              summary["alpha"]["min"], summary["alpha"]["max"])
     return model

@@ -247,6 +247,35 @@ class FakeQuantizer(nn.Module):
             "zero_point": None if zero_point is None else zero_point.reshape(-1).int().tolist(),
         }
 
+    @torch.no_grad()
+    def load_encodings(self, encodings: dict[str, Any]) -> "FakeQuantizer":
+        """Fix the range to saved ``encodings()`` (fixed from then on: what a runtime would use).
+
+        Refuses encodings of another grid (bits, symmetry, granularity, group size), so that a
+        saved file cannot silently re-grid a quantizer it was not written by.
+        """
+        mine = {k: getattr(self, k) for k in ("bits", "symmetric", "granularity", "group_size")}
+        theirs = {k: encodings.get(k) for k in mine}
+        if mine != theirs:
+            raise ValueError(f"encodings for {theirs} do not fit a quantizer with {mine}")
+        if encodings.get("scale") is None:
+            raise ValueError("encodings without a scale (a dynamic or uncalibrated quantizer) fix no range")
+        shape = (-1,) if self.granularity in ("per_channel", "per_group") else ()
+        self.scale = torch.tensor(encodings["scale"], dtype=torch.float32).reshape(shape)
+        self.zero_point = torch.tensor(encodings["zero_point"], dtype=torch.int32).reshape(shape)
+        self.learned_range = None
+        self.calibrating = False
+        return self
+
+    @torch.no_grad()
+    def codes(self, w: Tensor) -> Tensor:
+        """The integer grid levels of ``w`` (int32, in ``grid_coordinates``' layout: per_group the
+        [groups, group_size] view): what a runtime stores; ``(codes − z)·s`` is ``self(w)`` exactly."""
+        quantized = self(w)
+        view = self._to_groups(quantized) if self.granularity == "per_group" else quantized
+        scale, zero_point = self._qparams(view, self._range_axis(view))
+        return (torch.round(view / scale) + zero_point).to(torch.int32)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # A fresh quantizer has empty qparams and no learned range: take the saved shapes first.
         saved = state_dict.get(prefix + "scale")

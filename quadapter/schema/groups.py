@@ -423,6 +423,7 @@ class FPMethod:
 @dataclass
 class PTQMethod:
     name: str = knob()
+    save_quantized: bool = knob()
 
 
 @dataclass
@@ -432,6 +433,7 @@ class GPTQMethod:
     damp: float = knob(check=POSITIVE, hint="a fraction of the Hessian's mean diagonal, e.g. 0.01")
     act_order: bool = knob()
     batch_size: int = knob(check=POSITIVE_INT)
+    save_quantized: bool = knob()
 
 
 @dataclass
@@ -494,6 +496,7 @@ class QATMethod:
     lr: QATLr = knob()
     weight_decay: float = knob(check=NON_NEGATIVE)
     train: Train = knob()
+    save_quantized: bool = knob()
 
 
 @dataclass

@@ -134,8 +134,9 @@ def predictions(logits: torch.Tensor, spec: GlueTask) -> torch.Tensor:
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: Encoded, tokenizer, spec: GlueTask,
              batch_size: int = 32) -> dict[str, float]:
-    """``{metric: value in percent}`` of ``model`` (a sequence classifier) on ``data``."""
-    device = next(model.parameters()).device
+    """``{metric: value in percent}`` of ``model`` (a sequence classifier) on ``data``; one without
+    parameters (an onnxruntime session) computes on the CPU."""
+    device = next(model.parameters(), torch.empty(0)).device
     collection = metrics(spec).to(device)
     was_training = model.training
     model.eval()
