@@ -57,7 +57,8 @@ def quantized(family: str, grid: str) -> tuple[torch.nn.Module, torch.Tensor]:
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-@pytest.mark.parametrize("grid", list(GRIDS))
+@pytest.mark.parametrize("grid", [pytest.param(g, marks=pytest.mark.slow) if g.startswith(("w8a16", "w6a6")) else g
+                                  for g in GRIDS])
 def test_runtime_form_computes_exactly_what_the_fake_quantized_model_did_and_exports(family, grid, tmp_path):
     import copy
 

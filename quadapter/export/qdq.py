@@ -118,7 +118,7 @@ TRANSLATIONS: dict[Callable, Callable] = {
 # -- the runtime-form modules ----------------------------------------------------------------------
 def _check_exportable(q: nn.Module, site: str) -> FakeQuantizer:
     if not isinstance(q, FakeQuantizer):
-        raise ExportError(f"{site}: {type(q).__name__} ({getattr(q, 'levels', '')}) weights have no QDQ export; "
+        raise ExportError(f"{site}: {getattr(q, 'bits', type(q).__name__)} weights have no QDQ export yet; "
                           "export covers integer grids (bits.weight 2..16)")
     if q.granularity == "per_token":
         raise ExportError(f"{site}: per_token ranges are dynamic, one per token: ONNX's DynamicQuantizeLinear "
