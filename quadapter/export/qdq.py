@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from quadapter.errors import UserError
 from quadapter.quant.functional import fake_quant_fixed
 from quadapter.quant.quantizer import FakeQuantizer
-from quadapter.quant.sim import QuantizedLayer
+from quadapter.quant.sim import QuantizedLayer, parent_module
 
 # (torch dtype of the stored codes, its lowest and highest value), narrowest first
 STORAGE = ((torch.uint8, 0, 255), (torch.int8, -128, 127), (torch.uint16, 0, 65535),
@@ -214,11 +214,6 @@ class QDQLayer(nn.Module):
         return self.layer_forward(self.layer, x, weight)
 
 
-def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    parent, _, attr = name.rpartition(".")
-    return (model.get_submodule(parent) if parent else model), attr
-
-
 @torch.no_grad()
 def to_qdq(model: nn.Module) -> dict[str, int]:
     """Swap, in place, every QuantSim site of ``model`` for its runtime form; returns how many of
@@ -227,7 +222,7 @@ def to_qdq(model: nn.Module) -> dict[str, int]:
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantizedLayer)]
     for name, wrapper in layers:
         qdq = QDQLayer(wrapper, name)
-        parent, attr = _parent(model, name)
+        parent, attr = parent_module(model, name)
         setattr(parent, attr, qdq)
         counts["layers"] += 1
         counts["weights"] += qdq.dequantized_weight is not None

@@ -22,6 +22,7 @@ from torch import nn
 from quadapter.models.arch import for_model
 from quadapter.models.kronecker import KroneckerEmbedding, KroneckerLinear, TiedKroneckerHead
 from quadapter.models.sites import check_site_names, input_axis, is_linear
+from quadapter.quant.sim import parent_module
 
 SPEC_FILE = "kronecker.json"
 
@@ -59,11 +60,6 @@ def _dense_weight(layer: nn.Module) -> torch.Tensor:
     return layer.weight.T if input_axis(layer) == 0 else layer.weight
 
 
-def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    parent, _, attr = name.rpartition(".")
-    return (model.get_submodule(parent) if parent else model), attr
-
-
 @torch.no_grad()
 def kronecker_decompose(model: nn.Module, sites: Sequence[str] | None, compression: float | None = None,
                         factors: Mapping[str, Sequence[int]] | None = None, rank: int = 1,
@@ -93,7 +89,7 @@ def kronecker_decompose(model: nn.Module, sites: Sequence[str] | None, compressi
             weight = _dense_weight(layer)
             shapes = _shapes(site, *weight.shape, (factors or {}).get(site), compression, rank)
             kron = KroneckerLinear.from_weight(weight, layer.bias, *shapes, rank=rank).to(weight.device)
-            parent, attr = _parent(block, path)
+            parent, attr = parent_module(block, path)
             setattr(parent, attr, kron)
             layers[f"{block_name}.{path}"] = {"a": list(shapes[0]), "b": list(shapes[1]), "rank": rank,
                                              "bias": layer.bias is not None}
@@ -143,7 +139,7 @@ def apply_spec(model: nn.Module, spec: Mapping[str, Any]) -> None:
         return KroneckerLinear(torch.zeros(rank, *a), torch.zeros(rank, *b), torch.zeros(a[0] * b[0]) if bias else None)
 
     for name, entry in spec["layers"].items():
-        parent, attr = _parent(model, name)
+        parent, attr = parent_module(model, name)
         setattr(parent, attr, empty(entry, entry.get("bias", True)))
     entry = spec.get("embedding")
     if entry:

@@ -210,7 +210,8 @@ def _device_of(module: nn.Module, model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+def parent_module(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module holding submodule ``name`` and its attribute name there (to swap it)."""
     parent, _, attr = name.rpartition(".")
     return (model.get_submodule(parent) if parent else model), attr
 
@@ -247,7 +248,7 @@ class QuantSim:
         act_axis = -1  # activations: channels are the last dim
         try:
             for site in layers:
-                parent, attr = _parent(model, site.name)
+                parent, attr = parent_module(model, site.name)
                 layer = getattr(parent, attr)
                 if isinstance(layer, QuantizedLayer) or site.name in self.layers:
                     raise ValueError(f"layer {site.name!r} is already quantized")
@@ -358,7 +359,7 @@ class QuantSim:
     def remove(self) -> nn.Module:
         """Restore the original modules; the model computes exactly what it did before."""
         for name, wrapper in self.layers.items():
-            parent, attr = _parent(self.model, name)
+            parent, attr = parent_module(self.model, name)
             setattr(parent, attr, wrapper.layer)
         for name, module in self.outputs.items():
             self._hooks.pop(name).remove()
