@@ -12,7 +12,6 @@ them by pid. The Ray head is ``ray start --head --block``, stopped by its pid. W
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -113,9 +112,16 @@ def local_report(tmp_path_factory, small_model_dir) -> str:
     return report(where / "sweep")
 
 
-def _log_pids(run_dir: Path) -> set[int]:
-    return {int(pid) for log in run_dir.glob("*.log")
-            for pid in re.findall(r"^\[[^]]+\]\[(\d+)\]", log.read_text(), re.M)}
+def _processes(title: str) -> list[int]:
+    """Pids whose command line starts with ``title`` (Ray sets its workers' titles), read from /proc."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes().startswith(title.encode()):
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # gone meanwhile
+            continue
+    return pids
 
 
 def _finished(sweep: Path) -> dict[str, int]:
@@ -131,15 +137,16 @@ def test_a_slurm_sweep_survives_a_cancelled_job_and_reports_what_a_local_sweep_d
     command = ["-m", *SWEEP, *SLURM_RUN, f"hydra.sweep.dir={sweep}", "hydra.launcher.array_parallelism=2"]
     launcher = subprocess.Popen([sys.executable, "-m", "quadapter.cli", *command], cwd=tmp_path, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline, cancelled = time.monotonic() + 300, None
-    while cancelled is None and time.monotonic() < deadline:  # cancel the first job that is running a run
+    deadline, cancelled = time.monotonic() + 300, []
+    while not cancelled and time.monotonic() < deadline and launcher.poll() is None:
+        # once a run is under way, cancel the running tasks: one of them is that run's
+        under_way = sweep.exists() and any('"running"' in p.read_text() for p in sweep.glob("*/results.json"))
         running = [job for job, state in _queue(env) if state == "RUNNING"]
-        started = [p for p in sweep.glob("*/results.json")] if sweep.exists() else []
-        if running and started:
-            cancelled = running[-1]
-            subprocess.run(["scancel", cancelled], env=env, check=True)
-        time.sleep(0.5)
-    assert cancelled, "no job of the sweep ever ran"
+        if under_way and running:
+            cancelled = running
+            subprocess.run(["scancel", *cancelled], env=env, check=True)
+        time.sleep(0.2)
+    assert cancelled, f"no run of the SLURM sweep was caught under way: {launcher.communicate()[0][-3000:]}"
     out, _ = launcher.communicate(timeout=600)
     assert launcher.returncode != 0, out[-3000:]  # the launcher reports the cancelled job
     _wait_for_empty_queue(env, 300)  # the array's other tasks finish on their own
@@ -193,16 +200,19 @@ def test_a_ray_sweep_survives_a_killed_worker_and_reports_what_a_local_sweep_doe
     launcher = subprocess.Popen([sys.executable, "-m", "quadapter.cli", *command], cwd=tmp_path,
                                 env={**os.environ, **ray_head}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
-    deadline, killed = time.monotonic() + 300, None
-    while killed is None and time.monotonic() < deadline:  # kill the worker of the first run under way
-        running = [p.parent for p in sweep.glob("*/results.json") if '"running"' in p.read_text()] \
-            if sweep.exists() else []
-        pids = _log_pids(running[0]) if running else set()
-        if pids:  # the Ray worker running that run (PID_LOG: every log line names its process)
-            killed = pids.pop()
-            os.kill(killed, signal.SIGKILL)
-        time.sleep(0.5)
-    assert killed, "no run of the sweep ever started"
+    deadline, killed = time.monotonic() + 300, []
+    while not killed and time.monotonic() < deadline and launcher.poll() is None:
+        # once a run is under way, kill the workers executing runs (ray::_run_job; an idle one is ray::IDLE)
+        under_way = sweep.exists() and any('"running"' in p.read_text() for p in sweep.glob("*/results.json"))
+        busy = _processes("ray::_run_job")
+        if under_way and busy:
+            killed = [int(pid) for pid in busy]
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    if not killed:
+        launcher.kill()
+        pytest.fail(f"no run of the Ray sweep ever started:\n{launcher.communicate()[0][-3000:]}")
     out, _ = launcher.communicate(timeout=600)
     assert launcher.returncode != 0, out[-3000:]  # the lost run fails the sweep
     before = _finished(sweep)
