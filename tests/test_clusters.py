@@ -129,6 +129,20 @@ def _finished(sweep: Path) -> dict[str, int]:
     return {p.parent.name: p.stat().st_mtime_ns for p in sweep.glob("*/results.json") if '"completed"' in p.read_text()}
 
 
+def relaunch_finishes(command: list[str], sweep: Path, cwd: Path, env: dict, local_report: str) -> None:
+    """The same command finishes the interrupted sweep: every run completed, the runs that had completed
+    untouched, the lost one run again (an earlier attempt recorded), the report equal to the local sweep's."""
+    before = _finished(sweep)
+    again = quadapter(*command, cwd=cwd, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    runs = completed_runs(sweep)
+    assert len(runs) == 4
+    after = _finished(sweep)
+    assert all(after[name] == stamp for name, stamp in before.items())  # finished runs not re-run
+    assert any(r["attempts"] for r in runs)  # the lost run resumed
+    assert report(sweep) == local_report
+
+
 @pytest.mark.slow
 def test_a_slurm_sweep_survives_a_cancelled_job_and_reports_what_a_local_sweep_does(slurm, local_report, tmp_path):
     env = {**os.environ, **slurm}
@@ -153,16 +167,8 @@ def test_a_slurm_sweep_survives_a_cancelled_job_and_reports_what_a_local_sweep_d
     sacct = subprocess.run(["sacct", "-n", "-X", "-o", "JobID,State"], env=env, capture_output=True, text=True,
                            check=True).stdout
     assert "CANCELLED" in sacct and "COMPLETED" in sacct, sacct
-    before = _finished(sweep)
-
-    again = quadapter(*command, cwd=tmp_path, env=slurm)  # the same command finishes the sweep
-    assert again.returncode == 0, again.stderr[-3000:]
-    runs = completed_runs(sweep)
-    assert len(runs) == 4
-    after = _finished(sweep)
-    assert before and all(after[name] == stamp for name, stamp in before.items())  # finished runs not re-run
-    assert any(r["attempts"] for r in runs)  # the cancelled run resumed
-    assert report(sweep) == local_report
+    assert _finished(sweep)  # the array's other tasks completed their runs
+    relaunch_finishes(command, sweep, tmp_path, slurm, local_report)
 
 
 @pytest.fixture(scope="module")
@@ -215,13 +221,4 @@ def test_a_ray_sweep_survives_a_killed_worker_and_reports_what_a_local_sweep_doe
         pytest.fail(f"no run of the Ray sweep ever started:\n{launcher.communicate()[0][-3000:]}")
     out, _ = launcher.communicate(timeout=600)
     assert launcher.returncode != 0, out[-3000:]  # the lost run fails the sweep
-    before = _finished(sweep)
-
-    again = quadapter(*command, cwd=tmp_path, env=ray_head)  # the same command finishes the sweep
-    assert again.returncode == 0, again.stderr[-3000:]
-    runs = completed_runs(sweep)
-    assert len(runs) == 4
-    after = _finished(sweep)
-    assert all(after[name] == stamp for name, stamp in before.items())  # finished runs not re-run
-    assert any(r["attempts"] for r in runs)  # the killed run ran again
-    assert report(sweep) == local_report
+    relaunch_finishes(command, sweep, tmp_path, ray_head, local_report)
