@@ -23,7 +23,7 @@ from typing import Iterator
 
 import pytest
 from conftest import SMALL_OVERRIDES
-from test_launchers import PID_LOG, _free_port, _listening, completed_runs, installed
+from test_launchers import _free_port, _listening, completed_runs, installed
 
 CLUSTERS = Path(__file__).parent / "clusters"
 SLURM_PACKAGES = "slurmctld slurmd slurm-client slurmdbd munge mariadb-server"
@@ -202,7 +202,7 @@ def test_a_ray_sweep_survives_a_killed_worker_and_reports_what_a_local_sweep_doe
     sweep = tmp_path / "ray"  # absolute: Ray's workers run in the head's directory
     # no retry by Ray itself: the killed run fails the sweep, and the re-launch is what finishes it
     command = ["-m", *SWEEP, "hydra/launcher=ray_cluster", "+hydra.launcher.ray.remote.max_retries=0",
-               f"hydra.sweep.dir={sweep}", PID_LOG]
+               f"hydra.sweep.dir={sweep}"]
     launcher = subprocess.Popen([sys.executable, "-m", "quadapter.cli", *command], cwd=tmp_path,
                                 env={**os.environ, **ray_head}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from quadapter.export.qdq import ExportError, to_qdq
 from quadapter.methods.saving import ENCODINGS_FILE
 

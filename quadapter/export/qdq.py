@@ -46,8 +46,8 @@ def storage_dtype(qmin: int, qmax: int) -> torch.dtype:
     raise ExportError(f"an integer grid [{qmin}, {qmax}] fits no ONNX quantized type (8 or 16 bits)")
 
 
-def _type_range(dtype: torch.dtype) -> tuple[int, int]:
-    return next((lo, hi) for d, lo, hi in STORAGE if d == dtype)
+# the same ranges by ONNX type name (onnx_ir's DataType names: UINT8, INT8, ...), for the translations
+_ONNX_RANGES = {str(dtype).removeprefix("torch.").upper(): (lo, hi) for dtype, lo, hi in STORAGE}
 
 
 # -- the ops torch.export sees ---------------------------------------------------------------------
@@ -82,7 +82,7 @@ def _(codes, scale, zero_point, axis):
 def _onnx_quantize_dequantize(x, scale, zero_point, lo, hi, qmin: int, qmax: int):
     from onnxscript import opset21 as op
 
-    if (qmin, qmax) != _type_range(_TORCH_OF_ONNX[zero_point.dtype]):
+    if (qmin, qmax) != _ONNX_RANGES[zero_point.dtype.name]:
         x = op.Clip(x, lo, hi)  # where the grid ends: QuantizeLinear saturates only at the type's limits
     return op.DequantizeLinear(op.QuantizeLinear(x, scale, zero_point), scale, zero_point)
 
@@ -93,22 +93,6 @@ def _onnx_dequantize(codes, scale, zero_point, axis: int):
     return op.DequantizeLinear(codes, scale, zero_point, axis=axis)
 
 
-def _onnx_types() -> dict:
-    import onnx_ir as ir
-
-    return {ir.DataType.UINT8: torch.uint8, ir.DataType.INT8: torch.int8,
-            ir.DataType.UINT16: torch.uint16, ir.DataType.INT16: torch.int16}
-
-
-class _LazyTypes(dict):
-    """onnx_ir's dtypes, imported when the first translation runs (export needs the extra)."""
-
-    def __missing__(self, key):
-        self.update(_onnx_types())
-        return dict.__getitem__(self, key)
-
-
-_TORCH_OF_ONNX = _LazyTypes()
 TRANSLATIONS: dict[Callable, Callable] = {
     torch.ops.quadapter.quantize_dequantize.default: _onnx_quantize_dequantize,
     torch.ops.quadapter.dequantize.default: _onnx_dequantize,

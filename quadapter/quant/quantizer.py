@@ -119,9 +119,8 @@ class FakeQuantizer(nn.Module):
         """Set the clipping range directly. Re-creates learnable ranges: build optimizers after."""
         if self.granularity == "per_token":
             raise RuntimeError("per_token quantizers have no stored range")
-        shape = (-1,) if self.granularity in ("per_channel", "per_group") else ()
         lo, hi = (
-            torch.as_tensor(t, dtype=torch.float32, device=self.scale.device).reshape(shape)
+            torch.as_tensor(t, dtype=torch.float32, device=self.scale.device).reshape(self._range_shape())
             for t in (lo, hi)
         )
         scale, zero_point = qparams_from_range(lo, hi, self.qmin, self.qmax, self.symmetric)
@@ -130,6 +129,10 @@ class FakeQuantizer(nn.Module):
             self.learned_range = make_parameterization(
                 self.parameterization, lo, hi, self.qmin, self.qmax, self.symmetric, self.sigmoid
             )
+
+    def _range_shape(self) -> tuple[int, ...]:
+        """Stored qparams' shape: one per channel or group ([n]), else one (0-dim)."""
+        return (-1,) if self.granularity in ("per_channel", "per_group") else ()
 
     def set_rounding(self, rounding: nn.Module | None) -> None:
         """Round with ``rounding`` instead of to nearest (``None``: back to nearest).
@@ -260,9 +263,8 @@ class FakeQuantizer(nn.Module):
             raise ValueError(f"encodings for {theirs} do not fit a quantizer with {mine}")
         if encodings.get("scale") is None:
             raise ValueError("encodings without a scale (a dynamic or uncalibrated quantizer) fix no range")
-        shape = (-1,) if self.granularity in ("per_channel", "per_group") else ()
-        self.scale = torch.tensor(encodings["scale"], dtype=torch.float32).reshape(shape)
-        self.zero_point = torch.tensor(encodings["zero_point"], dtype=torch.int32).reshape(shape)
+        self.scale = torch.tensor(encodings["scale"], dtype=torch.float32).reshape(self._range_shape())
+        self.zero_point = torch.tensor(encodings["zero_point"], dtype=torch.int32).reshape(self._range_shape())
         self.learned_range = None
         self.calibrating = False
         return self
